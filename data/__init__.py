@@ -1,0 +1,32 @@
+"""Lightning DataModules. `build` turns the `data` config group into one."""
+from __future__ import annotations
+
+import inspect
+
+from .base import ImageDataModule
+from .cifar import CIFAR10DataModule, CIFAR100DataModule
+from .fashion_mnist import FashionMNISTDataModule
+from .synthetic import SyntheticDataModule
+
+DATASETS = {m.name: m for m in (FashionMNISTDataModule, CIFAR10DataModule, CIFAR100DataModule, SyntheticDataModule)}
+
+
+def _accepted(cls) -> set[str]:
+    names = set()
+    for klass in cls.__mro__:
+        if klass is ImageDataModule or issubclass(klass, ImageDataModule):
+            names |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs")}
+    return names
+
+
+def build(data: dict) -> ImageDataModule:
+    """Build the DataModule named by `data["name"]` with the rest of `data` as options."""
+    data = dict(data)
+    name = data.pop("name", None)
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid data sets: {', '.join(sorted(DATASETS))}")
+    cls = DATASETS[name]
+    unknown = sorted(set(data) - _accepted(cls))
+    if unknown:
+        raise ValueError(f"data set {name!r} does not take option(s) {unknown}; valid options: {sorted(_accepted(cls))}")
+    return cls(**data)

@@ -1,0 +1,106 @@
+"""An image-classification DataModule that holds the whole data set in memory as uint8.
+
+Images are stored as uint8 (N, C, H, W) tensors; batches are augmented and normalized after
+they reach the device (`on_after_batch_transfer`), so there is no per-sample PIL decoding and
+no worker process between the data and the next step.
+"""
+from __future__ import annotations
+
+import torch
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool) -> torch.Tensor:
+    """Per-sample random crop after zero padding, and random horizontal flip, in batch."""
+    n, c, h, w = x.shape
+    if pad:
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n, 1, 1, 1), device=x.device)
+        dx = torch.randint(0, 2 * pad + 1, (n, 1, 1, 1), device=x.device)
+        rows = (dy + torch.arange(h, device=x.device).view(1, 1, h, 1)).expand(n, c, h, w + 2 * pad)
+        cols = (dx + torch.arange(w, device=x.device).view(1, 1, 1, w)).expand(n, c, h, w)
+        x = padded.gather(2, rows).gather(3, cols)
+    if flip:
+        mask = torch.rand(n, 1, 1, 1, device=x.device) < 0.5
+        x = torch.where(mask, x.flip(3), x)
+    return x
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Subclasses set the class attributes below and implement `load()`."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple
+    std: tuple
+    crop_padding: int = 0
+    hflip: bool = False
+
+    def __init__(self, batch_size: int = 32, eval_batch_size: int = 256, val_size: int = 5000,
+                 train_subset: int | None = None, augment: bool = True, split_seed: int = 0,
+                 num_workers: int = 0):
+        super().__init__()
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.train_subset = val_size, train_subset
+        self.augment, self.split_seed, self.num_workers = augment, split_seed, num_workers
+        self._splits = None
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (train_x, train_y, test_x, test_y); x uint8 (N, C, H, W), y int64 (N,)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        train_x, train_y, test_x, test_y = self.load()
+        if not 0 < self.val_size < len(train_x):
+            raise ValueError(f"data.val_size={self.val_size} must be between 1 and the training set size - 1 ({len(train_x) - 1})")
+        # The validation split is fixed by split_seed, not by the run's seed, so every run of a
+        # sweep is validated on the same images.
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = order[: self.val_size], order[self.val_size:]
+        if self.train_subset is not None:
+            train_idx = train_idx[: self.train_subset]
+        if len(train_idx) < self.batch_size:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is larger than the training set ({len(train_idx)} "
+                "images): with drop_last=True no training batch would remain"
+            )
+        self._splits = {
+            "train": TensorDataset(train_x[train_idx], train_y[train_idx]),
+            "val": TensorDataset(train_x[val_idx], train_y[val_idx]),
+            "test": TensorDataset(test_x, test_y),
+        }
+
+    def split_sizes(self) -> dict[str, int]:
+        self.setup()
+        return {k: len(v) for k, v in self._splits.items()}
+
+    def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(self._splits[split], batch_size=batch_size, shuffle=train, drop_last=train,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader("train", self.batch_size, train=True)
+
+    def val_dataloader(self):
+        return self._loader("val", self.eval_batch_size, train=False)
+
+    def test_dataloader(self):
+        return self._loader("test", self.eval_batch_size, train=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        x = x.float().div_(255)
+        if self.augment and self.trainer is not None and self.trainer.training:
+            x = random_crop_flip(x, self.crop_padding, self.hflip)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std, y

@@ -1,0 +1,208 @@
+"""Normalization layers for CNN feature maps (NCHW) and ViT tokens (NLC).
+
+`build` is the only entry point the models use. Each kind reduces over exactly the axes in
+`../shared/NORMS.md`:
+
+    layout  kind  statistics over            one (mean, var) per
+    nchw    bn    N, H, W                    channel          (running stats in eval)
+    nchw    ln    C, H, W                    sample
+    nchw    in    H, W                       sample x channel
+    nchw    gn    C/G channels x H, W        sample x group
+    nlc     bn    N, L                       channel          (running stats in eval)
+    nlc     ln    C (scope="token")          token            (Transformer convention)
+            ln    L, C (scope="sample")      sample
+    nlc     in    L                          sample x channel
+    nlc     gn    C/G channels x L           sample x group
+
+Affine parameters (gamma, beta) are always per channel, so every kind has the same
+parameter count and the identities gn(G=1) == ln (nchw) and gn(G=C) == in (affine) hold.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KINDS = ("bn", "ln", "in", "gn", "none")
+LAYOUTS = ("nchw", "nlc")
+LN_SCOPES = ("token", "sample")
+
+# Options each kind accepts (PyTorch's names) and their defaults. The only table to edit
+# when a norm gains an option.
+_OPTIONS = {
+    "bn": {"eps": 1e-5, "momentum": 0.1, "affine": True, "track_running_stats": True},
+    "ln": {"eps": 1e-5, "affine": True, "scope": None},
+    "in": {"eps": 1e-5, "momentum": 0.1, "affine": False, "track_running_stats": False},
+    "gn": {"eps": 1e-5, "affine": True, "num_groups": 32},
+    "none": {},
+}
+
+
+def _check_train_batch(module: nn.Module, values_per_channel: int, shape) -> None:
+    if module.training and values_per_channel <= 1:
+        raise ValueError(
+            f"bn cannot train on a single value per channel (input shape {tuple(shape)}): "
+            "batch statistics are undefined. Use a batch size of at least 2, or a "
+            "batch-independent norm (ln, in, gn)."
+        )
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """bn over (N, H, W) per channel, with a clear error for one value per channel."""
+
+    def forward(self, x):
+        _check_train_batch(self, x.shape[0] * x.shape[2] * x.shape[3], x.shape)
+        return super().forward(x)
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """bn over (N, L) per channel for (N, L, C) tokens."""
+
+    def forward(self, x):
+        _check_train_batch(self, x.shape[0] * x.shape[1], x.shape)
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class _PerChannelAffine(nn.Module):
+    """Shared gamma/beta handling for the layer norms below (channel is `channel_dim`)."""
+
+    channel_dim = 1
+
+    def __init__(self, num_channels: int, eps: float, affine: bool):
+        super().__init__()
+        self.num_channels, self.eps, self.affine = num_channels, eps, affine
+        self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def _affine(self, y):
+        if not self.affine:
+            return y
+        shape = [1] * y.dim()
+        shape[self.channel_dim] = self.num_channels
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+    def extra_repr(self):
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class LayerNormCHW(_PerChannelAffine):
+    """ln over (C, H, W) per sample; not ConvNeXt's channels-only 'LayerNorm2d'."""
+
+    def forward(self, x):
+        return self._affine(F.layer_norm(x, x.shape[1:], eps=self.eps))
+
+
+class LayerNormLC(_PerChannelAffine):
+    """ln over (L, C) per sample for (N, L, C) tokens (scope="sample")."""
+
+    channel_dim = -1
+
+    def forward(self, x):
+        return self._affine(F.layer_norm(x, x.shape[1:], eps=self.eps))
+
+
+class TokenInstanceNorm(nn.InstanceNorm1d):
+    """in over L per sample and channel for (N, L, C) tokens."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class TokenGroupNorm(nn.GroupNorm):
+    """gn over (C/G channels, L) per sample for (N, L, C) tokens."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class NoNorm(nn.Identity):
+    """The no-normalization control."""
+
+
+# Which class implements (kind, layout); `kind_of` reads it backwards.
+_CLASSES = {
+    ("bn", "nchw"): BatchNorm2d,
+    ("bn", "nlc"): TokenBatchNorm,
+    ("ln", "nchw"): LayerNormCHW,
+    ("ln", "nlc"): (nn.LayerNorm, LayerNormLC),
+    ("in", "nchw"): nn.InstanceNorm2d,
+    ("in", "nlc"): TokenInstanceNorm,
+    ("gn", "nchw"): nn.GroupNorm,
+    ("gn", "nlc"): TokenGroupNorm,
+    ("none", "nchw"): NoNorm,
+    ("none", "nlc"): NoNorm,
+}
+
+
+def _choices(values) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def build(kind: str, num_channels: int, layout: str = "nchw", **options) -> nn.Module:
+    """Build a normalization layer.
+
+    Args:
+        kind: one of "bn", "ln", "in", "gn", "none".
+        num_channels: C, the channel (feature) dimension.
+        layout: "nchw" for CNN feature maps, "nlc" for ViT tokens (N, L, C).
+        **options: PyTorch's names: eps, momentum, affine, track_running_stats (bn, in),
+            num_groups (gn), scope (ln: "token" or "sample" for nlc; nchw is always
+            "sample"). Unset options take PyTorch's defaults (gn: num_groups=32, as in
+            the GN paper).
+
+    Returns a module whose output has the input's shape.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown norm kind {kind!r}; valid kinds: {_choices(KINDS)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid layouts: {_choices(LAYOUTS)}")
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+        raise ValueError(f"num_channels must be a positive integer, got {num_channels!r}")
+    unknown = sorted(set(options) - set(_OPTIONS[kind]))
+    if unknown:
+        valid = _choices(_OPTIONS[kind]) or "none"
+        raise ValueError(f"norm {kind!r} does not take option(s) {_choices(unknown)}; valid options: {valid}")
+    opts = {**_OPTIONS[kind], **options}
+
+    if kind == "none":
+        return NoNorm()
+    if kind == "bn":
+        cls = BatchNorm2d if layout == "nchw" else TokenBatchNorm
+        return cls(num_channels, **opts)
+    if kind == "in":
+        cls = nn.InstanceNorm2d if layout == "nchw" else TokenInstanceNorm
+        return cls(num_channels, **opts)
+    if kind == "gn":
+        groups = opts.pop("num_groups")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or num_channels % groups:
+            divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
+            raise ValueError(
+                f"gn: num_channels={num_channels} is not divisible by num_groups={groups!r}; "
+                f"valid num_groups for {num_channels} channels: {divisors}"
+            )
+        cls = nn.GroupNorm if layout == "nchw" else TokenGroupNorm
+        return cls(groups, num_channels, **opts)
+    # ln
+    scope = opts.pop("scope")
+    if layout == "nchw":
+        if scope not in (None, "sample"):
+            raise ValueError(
+                f"ln scope {scope!r} is not available for layout 'nchw': ln on CNN maps "
+                "normalizes over (C, H, W) per sample (scope 'sample'). Per-pixel "
+                "normalization over channels (ConvNeXt's LayerNorm2d) is a different layer."
+            )
+        return LayerNormCHW(num_channels, opts["eps"], opts["affine"])
+    scope = scope or "token"
+    if scope not in LN_SCOPES:
+        raise ValueError(f"unknown ln scope {scope!r}; valid scopes: {_choices(LN_SCOPES)}")
+    if scope == "token":
+        return nn.LayerNorm(num_channels, eps=opts["eps"], elementwise_affine=opts["affine"])
+    return LayerNormLC(num_channels, opts["eps"], opts["affine"])
+
+
+def kind_of(module: nn.Module) -> str | None:
+    """The norm kind a module built by `build` implements, or None for any other module."""
+    for (kind, _), classes in _CLASSES.items():
+        if type(module) in (classes if isinstance(classes, tuple) else (classes,)):
+            return kind
+    return None

@@ -1,0 +1,91 @@
+"""The real CLI in subprocesses: it learns, and writes summary.json, the CSV log and the W&B run."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import clean_env, run_train, wandb_inspect
+
+SUMMARY_KEYS = {"norm", "model", "data", "batch_size", "lr", "seed", "epochs", "best_val_acc", "final_val_acc",
+                "test_acc", "train_seconds", "images_per_second", "num_params", "status", "config", "wandb"}
+SYNTH = ["data=synthetic", "trainer.max_epochs=3", "data.batch_size=32"]
+
+
+def read_csv_epochs(path: Path) -> dict:
+    """{epoch: val/acc} from the CSV log's epoch rows."""
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/acc")]
+    return {int(r["epoch"]): float(r["val/acc"]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One real multirun over every norm on synthetic data."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    proc = run_train("-m", "norm=bn,ln,in,gn,none", *SYNTH, f"hydra.sweep.dir={sweep_dir}")
+    return sweep_dir, proc
+
+
+@pytest.mark.parametrize("norm", ["bn", "ln", "in", "gn", "none"])
+def test_every_norm_learns_and_records_its_run(sweep, norm):
+    sweep_dir, _ = sweep
+    (run_dir,) = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.split("_", 1)[-1].startswith(f"{norm}-")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["status"] == "completed"
+    assert (summary["norm"], summary["model"], summary["data"], summary["batch_size"]) == (norm, "resnet20", "synthetic", 32)
+    assert summary["test_acc"] > 0.6, f"{norm} did not learn (4 classes, chance 0.25): {summary['test_acc']}"
+    assert summary["epochs"] == summary["epochs_completed"] == 3
+    assert summary["lr"] == pytest.approx(0.1 * 32 / 128)  # linear scaling from 0.1 at batch 128
+    assert summary["best_val_acc"] == max(h["val/acc"] for h in summary["history"])
+    assert summary["config"]["norm"]["kind"] == norm
+
+    # The CSV log holds every epoch's validation accuracy, matching the summary.
+    csv_epochs = read_csv_epochs(run_dir / "metrics.csv")
+    assert sorted(csv_epochs) == [0, 1, 2]
+    assert csv_epochs[2] == pytest.approx(summary["final_val_acc"])
+
+    # The W&B run (offline here: no key) is this job's own, not the previous job's.
+    assert summary["wandb"]["mode"] == "offline"
+    assert Path(summary["wandb"]["dir"]).parent == run_dir / "wandb"
+    record = wandb_inspect(Path(summary["wandb"]["dir"]))
+    assert record["run_id"] == summary["wandb"]["id"]
+    assert record["config"]["norm"] == norm and record["config"]["batch_size"] == 32
+    assert record["config"]["cfg"]["norm"] == summary["config"]["norm"]  # the whole resolved config
+    assert record["name"] == f"{norm}-resnet20-bs32-s0"
+    assert f"norm:{norm}" in record["tags"]
+    assert record["summary"]["test/acc"] == pytest.approx(summary["test_acc"])
+    assert record["summary"]["val/acc"] == pytest.approx(summary["final_val_acc"])
+    assert record["state"] == "finished"
+
+
+def test_multirun_prints_one_result_line_per_job(sweep):
+    _, proc = sweep
+    lines = [line for line in proc.stdout.splitlines() if "test accuracy" in line]
+    assert [line.split(":")[0] for line in lines] == [f"{n}-resnet20-bs32-s0" for n in ("bn", "ln", "in", "gn", "none")]
+
+
+def test_vit_with_trainer_override_and_unreachable_wandb(tmp_path):
+    """A user with a W&B key but no network: the run goes offline at once and still completes.
+    Any Trainer argument passes through (here limit_train_batches)."""
+    env = clean_env(WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:9")
+    run_train("model=vit", "optim=adamw", "norm=ln", "data=synthetic", "trainer.max_epochs=2",
+              "model.hidden_dim=48", "model.num_layers=2", "model.num_heads=3", "model.mlp_dim=96",
+              "++trainer.limit_train_batches=5", f"hydra.run.dir={tmp_path}", env=env, timeout=300)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["model"] == "vit"
+    assert summary["wandb"]["mode"] == "offline"
+    with open(tmp_path / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/lr")]
+    assert max(steps) == 2 * 5 - 1  # 5 batches per epoch, not the 32 the data set has
+    record = wandb_inspect(Path(summary["wandb"]["dir"]))
+    assert record["config"]["cfg"]["model"]["arch"] == "vit" and record["config"]["norm"] == "ln"
+
+
+def test_a_failing_run_says_failed_in_its_summary(tmp_path):
+    proc = run_train("norm=gn", "norm.num_groups=5", "data=synthetic", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert "num_groups=5" in summary["error"]
