@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 import uuid
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
@@ -34,6 +35,8 @@ import norms
 # A short random id, drawn once per config (Hydra copies resolver caches to every job of a
 # sweep), so run directories started in the same second never collide.
 OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
+
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 LR_SCALINGS = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
 
