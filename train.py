@@ -10,14 +10,11 @@ import inspect
 import json
 import math
 import os
-import socket
 import sys
 import time
-import uuid
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlparse
 
 import hydra
 import pytorch_lightning as pl
@@ -25,18 +22,18 @@ import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import WandbLogger
 
 import data as datasets
 import models
 import norms
+import tracking
 
-# A short random id, drawn once per config (Hydra copies resolver caches to every job of a
-# sweep), so run directories started in the same second never collide.
-OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
+tracking.register_resolvers()  # ${identity:} in conf/hydra/default.yaml
 
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 LR_SCALINGS = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
 
@@ -50,7 +47,8 @@ class Classifier(pl.LightningModule):
     def __init__(self, net: torch.nn.Module, optim: DictConfig, lr: float):
         super().__init__()
         self.net, self.optim_cfg, self.lr = net, optim, lr
-        self.history: list[dict] = []  # one row per completed epoch
+        self.history: list[dict] = []  # one row per completed epoch; kept in checkpoints
+        self.fit_seconds = 0.0  # time spent in fit by earlier attempts of this run
         self._eval = {"correct": 0, "loss": 0.0, "count": 0}
 
     def forward(self, x):
@@ -94,6 +92,19 @@ class Classifier(pl.LightningModule):
 
     def on_test_epoch_end(self):
         self._eval_end("test")
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["normlab"] = {"history": self.history, "fit_seconds": self.fit_seconds + self._fit_elapsed()}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("normlab", {})
+        self.history, self.fit_seconds = list(state.get("history", [])), state.get("fit_seconds", 0.0)
+
+    def on_fit_start(self):
+        self._fit_t0 = time.perf_counter()
+
+    def _fit_elapsed(self) -> float:
+        return time.perf_counter() - getattr(self, "_fit_t0", time.perf_counter())
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -147,49 +158,45 @@ class EpochReport(pl.Callback):
             )
 
 
+class LastCheckpoint(pl.Callback):
+    """Writes checkpoints/last.ckpt at the end of every epoch and every `every_n_steps` steps.
+
+    Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint
+    that a relaunch would trust. Loggers are flushed first, so the CSV log on disk is never
+    behind the checkpoint a resumed run starts from.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int | None):
+        self.path, self.every_n_steps = Path(path), every_n_steps
+
+    def save(self, trainer):
+        for logger in trainer.loggers:
+            logger.save()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state, to resume from
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        last_of_epoch = batch_idx + 1 == trainer.num_training_batches  # saved at epoch end instead
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and not last_of_epoch:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.save(trainer)
+
+
 # ---------------------------------------------------------------------------------------
 # W&B: online when possible, offline otherwise, never hanging or failing the run
 # ---------------------------------------------------------------------------------------
-def _wandb_key_present() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def wandb_mode(requested: str) -> tuple[str, str]:
-    """Decide the W&B mode before wandb.init, so an offline machine never waits on retries."""
-    if requested in ("online", "offline", "disabled"):
-        return requested, f"logger.wandb.mode={requested}"
-    if requested != "auto":
-        raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {requested!r}")
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"], "WANDB_MODE is set"
-    if not _wandb_key_present():
-        return "offline", "no W&B API key (run `wandb login` to log online)"
-    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    if not _reachable(base_url):
-        return "offline", f"{urlparse(base_url).hostname} is not reachable"
-    return "online", "logged in"
+EPOCH_METRICS = ("train/loss_epoch", "train/acc", "train/images_per_second", "val/loss", "val/acc")
 
 
 def make_wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:
     wcfg = cfg.logger.wandb
-    mode, why = wandb_mode(wcfg.mode)
+    mode, why = tracking.wandb_mode(wcfg.mode)
     if mode == "disabled":
         return None
     import wandb
@@ -199,13 +206,22 @@ def make_wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:
     # Flat keys to group and filter by in the W&B workspace; the whole resolved config under "cfg".
     config = {"norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name,
               "batch_size": cfg.data.batch_size, "seed": cfg.seed, "epochs": cfg.trainer.max_epochs,
+              "experiment": cfg.experiment_name, "identity": tracking.identity(cfg),
               "cfg": OmegaConf.to_container(cfg, resolve=True)}
 
     def attempt(m: str) -> WandbLogger:
+        # The id derives from the run's identity and resume="allow": a relaunched run continues
+        # the same W&B run (offline: one offline-run-* directory per attempt, same id).
         logger = WandbLogger(project=wcfg.project, entity=wcfg.entity, name=cfg.run_name, group=wcfg.group,
                              tags=tags, save_dir=str(out_dir), mode=m, config=config,
+                             # A W&B agent chooses the run id itself (WANDB_RUN_ID).
+                             id=None if os.environ.get("WANDB_SWEEP_ID") else tracking.wandb_run_id(cfg),
+                             resume="allow",
                              settings=wandb.Settings(init_timeout=wcfg.init_timeout, silent=True))
-        logger.experiment  # start the run now, so a failure is caught here
+        run = logger.experiment  # start the run now, so a failure is caught here
+        run.define_metric("epoch")
+        for key in EPOCH_METRICS:  # epoch-level curves use epochs on the x-axis
+            run.define_metric(key, step_metric="epoch")
         return logger
 
     try:
@@ -216,7 +232,7 @@ def make_wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:
         wandb.finish()
         why = f"online start failed ({type(err).__name__}); falling back to offline"
         mode, logger = "offline", attempt("offline")
-    print(f"W&B: {mode} ({why}); run dir {logger.experiment.dir}", flush=True)
+    print(f"W&B: {mode} ({why}); run dir {Path(logger.experiment.dir).parent}", flush=True)
     return logger
 
 
@@ -231,21 +247,14 @@ def resolve_precision(precision):
     return "32-true"
 
 
-def make_trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list, **fixed) -> pl.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"))
-    valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
+    valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks", *fixed}
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise ValueError(f"unknown Trainer argument(s) {unknown}; valid: {', '.join(sorted(valid))}")
-    return pl.Trainer(**kwargs, logger=loggers, callbacks=callbacks, default_root_dir=str(out_dir))
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write atomically: a crash never leaves a half-written file behind."""
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    return pl.Trainer(**kwargs, **fixed, logger=loggers, callbacks=callbacks, default_root_dir=str(out_dir))
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -255,7 +264,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     summary = {
         "status": "running", "norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name,
         "batch_size": cfg.data.batch_size, "seed": cfg.seed, "epochs": cfg.trainer.max_epochs,
-        "run_name": cfg.run_name, "output_dir": str(out_dir),
+        "run_name": cfg.run_name, "experiment": cfg.experiment_name, "identity": tracking.identity(cfg),
+        "output_dir": str(out_dir),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -269,7 +279,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
         if cfg.logger.get("wandb") is not None:
             wandb_logger = make_wandb_logger(cfg, out_dir)
-        csv_logger = CSVLogger(str(out_dir), name="", version="")
+        # Resume a run that stopped part-way: from its last checkpoint, keeping its logs.
+        ckpt = out_dir / "checkpoints" / "last.ckpt"
+        resume_step = None
+        if ckpt.is_file():
+            resume_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+            summary["resumed_from"] = {"checkpoint": str(ckpt), "global_step": resume_step}
+            print(f"resuming {cfg.run_name} from {ckpt} (step {resume_step})", flush=True)
+        else:
+            ckpt = None
+        csv_logger = tracking.ResumableCSVLogger(out_dir, resume_step)
         loggers = [csv_logger] + ([wandb_logger] if wandb_logger else [])
         summary["csv_log"] = str(Path(csv_logger.log_dir) / "metrics.csv")
         if wandb_logger:
@@ -280,9 +299,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             callbacks.append(TQDMProgressBar(refresh_rate=0))  # logs and CI get the epoch lines instead
         elif cfg.progress_bar:
             callbacks.append(TQDMProgressBar(refresh_rate=cfg.progress_bar_refresh))
-        if cfg.checkpoint:
-            callbacks.append(ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0))
-        trainer = make_trainer(cfg, out_dir, loggers, callbacks)
+        if cfg.checkpoint.enabled:  # last in the list: it saves what the callbacks above recorded
+            callbacks.append(LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", cfg.checkpoint.every_n_steps))
+        trainer = make_trainer(cfg, out_dir, loggers, callbacks, enable_checkpointing=False)
 
         # The learning rate follows the optimisation batch (per device x devices x accumulation).
         opt_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
@@ -294,9 +313,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                        precision=str(trainer.precision))
         module = Classifier(net, cfg.optim, lr)
 
-        t0 = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
-        summary["train_seconds"] = time.perf_counter() - t0
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+        summary["train_seconds"] = module.fit_seconds + module._fit_elapsed()
         test = trainer.test(module, datamodule=dm, verbose=False)[0]
 
         history = module.history
@@ -321,7 +339,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     finally:
         summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         summary["wall_seconds"] = time.time() - started
-        write_json(out_dir / "summary.json", summary)
+        tracking.write_json(out_dir / tracking.SUMMARY_FILE, summary)
         if wandb_logger is not None:
             import wandb
 
@@ -331,6 +349,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    done = tracking.read_summary(out_dir)
+    if done and done.get("status") == "completed":
+        # Same config, same directory: a relaunched sweep skips what it already did.
+        print(f"{cfg.run_name}: already completed, test accuracy {done['test_acc']:.2%}; "
+              f"skipping (delete {out_dir} to train it again)", flush=True)
+        return done["test_acc"]
     summary = run(cfg, out_dir)
     print(f"{cfg.run_name}: test accuracy {summary['test_acc']:.2%} "
           f"(best val {summary['best_val_acc']:.2%}); outputs in {out_dir}", flush=True)

@@ -1,0 +1,96 @@
+"""Experiment recipes and the W&B sweep files compose into valid runs of the same grid."""
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+import data
+import models
+import tracking
+import train  # noqa: F401 - registers the ${identity:} resolver
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def hydra_conf():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+
+
+def sweeper_grid(cfg) -> dict:
+    return {k: [str(v).strip() for v in str(vals).split(",")] for k, vals in cfg.hydra.sweeper.params.items()}
+
+
+def test_the_recipes_exist():
+    assert {"norm_vs_batch", "norm_vs_batch_vit", "quick"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_recipe_composes_and_every_grid_point_builds(hydra_conf, name):
+    cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    assert cfg.experiment_name == name
+    grid = sweeper_grid(cfg)
+    assert grid["norm"] == ["bn", "ln", "in", "gn"]
+    assert [int(b) for b in grid["data.batch_size"]] == sorted(int(b) for b in grid["data.batch_size"])
+    for norm in grid["norm"]:
+        point = compose("config", overrides=[f"experiment={name}", f"norm={norm}"])
+        dm = data.build(point.data)
+        models.build(point.model, point.norm, dm.in_channels, dm.num_classes, dm.image_size)  # gn groups divide
+
+
+def test_gn_paper_protocol_in_norm_vs_batch(hydra_conf):
+    cfg = compose("config", overrides=["experiment=norm_vs_batch"], return_hydra_config=True)
+    assert (cfg.data.name, cfg.model.name) == ("cifar10", "resnet20")
+    assert [int(b) for b in sweeper_grid(cfg)["data.batch_size"]] == [2, 4, 8, 16, 32, 64, 128]
+    assert sweeper_grid(cfg)["seed"] == ["0", "1", "2"]
+    assert (cfg.optim.lr, cfg.optim.base_batch_size, cfg.optim.lr_scaling) == (0.1, 32, "linear")
+    assert cfg.model.zero_init_residual is True
+
+
+def test_identity_ignores_logging_but_not_training_settings(hydra_conf):
+    base = compose("config", overrides=["data=synthetic"])
+    same = compose("config", overrides=["data=synthetic", "logger=csv", "progress_bar=false", "checkpoint.every_n_steps=7",
+                                        "experiment_name=other", "trainer.log_every_n_steps=3"])
+    assert tracking.identity(base) == tracking.identity(same)
+    for change in ("seed=1", "norm=gn", "data.batch_size=8", "optim.lr=0.2", "trainer.max_epochs=3", "model.width=8"):
+        assert tracking.identity(compose("config", overrides=["data=synthetic", change])) != tracking.identity(base), change
+    assert tracking.wandb_run_id(base) != tracking.wandb_run_id(same)  # another experiment, another W&B run
+
+
+def test_run_directory_is_named_by_identity(hydra_conf):
+    cfg = compose("config", overrides=["data=synthetic", "norm=gn", "data.batch_size=8"], return_hydra_config=True)
+    assert cfg.hydra.run.dir == f"runs/default/gn-resnet20-bs8-s0-{tracking.identity(cfg)}"
+
+
+def _agent_command(sweep: dict, params: dict) -> list[str]:
+    """The command `wandb agent` runs for one parameter set (its macro expansion)."""
+    macros = {"${env}": "/usr/bin/env", "${interpreter}": "python", "${program}": sweep["program"],
+              "${args_no_hyphens}": [f"{k}={v}" for k, v in params.items()]}
+    out = []
+    for item in sweep["command"]:
+        value = macros.get(item, item)
+        out += value if isinstance(value, list) else [value]
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_wandb_sweep_file_composes_into_a_valid_run(hydra_conf, path):
+    sweep = yaml.safe_load(path.read_text())
+    assert sweep["program"] == "train.py" and sweep["method"] == "grid"
+    assert "${args_no_hyphens}" in sweep["command"]
+    params = {k: v["values"] for k, v in sweep["parameters"].items()}
+    first = {k: v[0] for k, v in params.items()}
+    command = _agent_command(sweep, first)
+    overrides = command[command.index("train.py") + 1:]
+    cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    assert cfg.norm.kind == first["norm"] and cfg.data.batch_size == first["data.batch_size"] and cfg.seed == first["seed"]
+    # The sweep file's grid is the recipe's grid.
+    grid = sweeper_grid(cfg)
+    assert [str(v) for v in params["norm"]] == grid["norm"]
+    assert [str(v) for v in params["data.batch_size"]] == grid["data.batch_size"]
+    assert [str(v) for v in params["seed"]] == grid.get("seed", ["0"])
+    dm = data.build(cfg.data)
+    models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)

@@ -1,0 +1,152 @@
+"""Run bookkeeping shared by train.py and report.py: run identity, W&B mode, summaries, the CSV log.
+
+A run's identity is a short hash of its resolved config, leaving out settings that do not
+change what is trained (logging, progress bars, where data files live, Hydra's own
+settings). The run directory and the W&B run id derive from it, so relaunching a sweep
+finds every run it already did.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+# Dotted config keys that never change the trained model, so they stay out of the identity.
+NOT_IDENTITY = (
+    "hydra", "logger", "experiment_name", "progress_bar", "progress_bar_refresh", "checkpoint",
+    "data.root", "data.download", "data.num_workers", "data.system_dir",
+    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
+)
+SUMMARY_FILE = "summary.json"
+
+
+def _identity_source(cfg) -> dict:
+    keys = [k for k in cfg.keys() if k != "hydra"]  # resolving hydra.* here would recurse
+    tree = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    for dotted in NOT_IDENTITY:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return tree
+
+
+def identity(cfg) -> str:
+    """8 hex characters that name the trained configuration."""
+    blob = json.dumps(_identity_source(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def wandb_run_id(cfg) -> str:
+    """The W&B run id: the identity within its experiment (the same config in two experiments
+    is two W&B runs)."""
+    return hashlib.sha1(f"{cfg.experiment_name}/{identity(cfg)}".encode()).hexdigest()[:16]
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("identity", lambda *, _root_: identity(_root_), replace=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Summaries
+# ---------------------------------------------------------------------------------------
+def write_json(path: Path, obj: dict) -> None:
+    """Write atomically (temp file + rename): a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# W&B: online when possible, offline otherwise, decided before wandb.init so it never hangs
+# ---------------------------------------------------------------------------------------
+def _wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def _wandb_key_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators(urlparse(_wandb_base_url()).hostname) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_mode(requested: str) -> tuple[str, str]:
+    """(mode, why): the mode to start W&B in, and the reason, for one line on the console."""
+    if requested in ("online", "offline", "disabled"):
+        return requested, f"logger.wandb.mode={requested}"
+    if requested != "auto":
+        raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {requested!r}")
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"], "WANDB_MODE is set"
+    if not _wandb_key_present():
+        return "offline", "no W&B API key; run `wandb login` to log online"
+    if not _reachable(_wandb_base_url()):
+        return "offline", f"{urlparse(_wandb_base_url()).hostname} is not reachable"
+    return "online", "logged in"
+
+
+# ---------------------------------------------------------------------------------------
+# CSV log that survives a resume
+# ---------------------------------------------------------------------------------------
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, writing `metrics.csv` into the run directory itself.
+
+    Lightning deletes an existing metrics.csv when its writer starts. When a run resumes from
+    a checkpoint taken at global step `resume_step`, this logger first keeps the rows logged
+    before that step, so the file ends up holding every step and epoch exactly once.
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        # Flushed at every log call (every trainer.log_every_n_steps), so a killed run loses nothing.
+        super().__init__(str(run_dir), name="", version="", flush_logs_every_n_steps=1)
+        self.resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            kept = []
+            path = Path(self.log_dir) / "metrics.csv"
+            if self.resume_step is not None and path.is_file():
+                with open(path, newline="") as f:
+                    kept = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)
+                            if row.get("step") and int(row["step"]) < self.resume_step]
+            writer = CSVLogger.experiment.fget(self)  # removes the old file
+            writer.metrics[:0] = kept
+        return self._experiment
