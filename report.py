@@ -309,9 +309,13 @@ def log_to_wandb(cfg: DictConfig, out_dir: Path, title: str, order, batch_sizes,
         return None
     import wandb
 
-    run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, job_type="report", group=experiment,
-                     name=f"report-{experiment}", dir=str(out_dir), mode=mode, config={"experiment": experiment},
-                     settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, silent=True))
+    argv, sys.argv = sys.argv, tracking.scrub_argv(sys.argv)  # W&B records the command line
+    try:
+        run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, job_type="report", group=experiment,
+                         name=f"report-{experiment}", dir=str(out_dir), mode=mode, config={"experiment": experiment},
+                         settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, silent=True))
+    finally:
+        sys.argv = argv
     rows = []
     for s, b in itertools.product(order, batch_sizes):
         mean, std = cells[s, b].mean_std()

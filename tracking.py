@@ -8,9 +8,11 @@ finds every run it already did.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -76,6 +78,86 @@ def read_summary(run_dir: Path) -> dict | None:
         return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets: a W&B key or anything named like a key or token never reaches a file we write
+# ---------------------------------------------------------------------------------------
+SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|passw(or)?d|credential|auth)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def _secret_values() -> list[str]:
+    """Values of environment variables named like secrets (long enough to be one)."""
+    return sorted((v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8), key=len, reverse=True)
+
+
+def scrub(text: str) -> str:
+    """Replace every secret environment value in a string."""
+    for value in _secret_values():
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def redact(obj):
+    """A copy of a config tree with secret-named keys and secret values replaced."""
+    if isinstance(obj, dict):
+        return {k: REDACTED if SECRET_NAME.search(str(k)) and obj[k] not in (None, "") else redact(v)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return scrub(obj)
+    return obj
+
+
+_SECRET_ASSIGNMENT = re.compile(r"([\w.+~]*(?:api[_-]?key|token|secret|passw(?:or)?d|credential|auth)\w*\s*[:=]\s*)([^\s,'\]]+)",
+                                re.IGNORECASE)
+
+
+def scrub_argv(argv: list[str]) -> list[str]:
+    """The command line with secret values replaced (W&B records it in the run's metadata)."""
+    return [_SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, scrub(a)) for a in argv]
+
+
+def scrub_files(paths) -> None:
+    """Redact secrets from files Hydra wrote (the command line it records may hold one)."""
+    for path in paths:
+        text = Path(path).read_text()
+        clean = _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, scrub(text))
+        if clean != text:
+            Path(path).write_text(clean)
+
+
+# ---------------------------------------------------------------------------------------
+# One trainer per run directory at a time
+# ---------------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive lock on <run dir>/.lock, released by the OS if its holder dies."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.acquired, self.holder, self._file = False, None, None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            self.holder = self._file.read().strip() or "unknown"
+            return self
+        self.acquired = True
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()  # closing releases the lock
+        return False
 
 
 # ---------------------------------------------------------------------------------------

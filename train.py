@@ -6,7 +6,11 @@ summary.json in the run directory records the result.
 """
 from __future__ import annotations
 
+import fcntl
 import inspect
+import numbers
+import signal
+import threading
 import json
 import math
 import os
@@ -21,9 +25,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import data as datasets
 import models
@@ -34,6 +42,11 @@ tracking.register_resolvers()  # ${identity:} in conf/hydra/default.yaml
 
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
 
 LR_SCALINGS = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
 
@@ -58,6 +71,9 @@ class Classifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
+        # Checked when the loss is logged anyway, so a GPU is not synchronised every step.
+        if batch_idx % self.trainer.log_every_n_steps == 0 and not torch.isfinite(loss):
+            raise Diverged(f"training loss is {loss.item()} at step {self.global_step}")
         acc = (logits.argmax(1) == y).float().mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
@@ -135,6 +151,8 @@ class EpochReport(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self.t0, self.t1, self.images = time.perf_counter(), None, 0
 
+    on_fit_start = on_train_epoch_start  # a run resumed mid-epoch starts counting here
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.images += len(batch[1])
         if batch_idx + 1 == trainer.num_training_batches:
@@ -143,6 +161,9 @@ class EpochReport(pl.Callback):
             self.t1 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
+        loss = trainer.callback_metrics.get("train/loss_epoch")
+        if loss is not None and not torch.isfinite(loss):
+            raise Diverged(f"mean training loss of epoch {trainer.current_epoch + 1} is {float(loss)}")
         ips = self.images / max((self.t1 or time.perf_counter()) - self.t0, 1e-9)
         pl_module.log("train/images_per_second", ips)
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -187,6 +208,33 @@ class LastCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self.save(trainer)
 
+    def on_exception(self, trainer, pl_module, exception):
+        # SIGTERM (and a first Ctrl-C, see StopOnSignal) stop at a step boundary: save there.
+        if isinstance(exception, SIGTERMException):
+            self.save(trainer)
+            print(f"checkpoint saved at step {trainer.global_step}: {self.path}", flush=True)
+
+
+class StopOnSignal(pl.Callback):
+    """A first Ctrl-C asks Lightning to stop at the end of the current step, as it does for
+    SIGTERM, so a checkpoint is saved before exiting. A second Ctrl-C aborts at once."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if trainer.received_sigterm:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's SIGTERM path: stop at the step boundary
+            print("\ninterrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+
+    def teardown(self, trainer, pl_module, stage):
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, getattr(self, "previous", signal.default_int_handler))
+
 
 # ---------------------------------------------------------------------------------------
 # W&B: online when possible, offline otherwise, never hanging or failing the run
@@ -207,7 +255,7 @@ def make_wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:
     config = {"norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name,
               "batch_size": cfg.data.batch_size, "seed": cfg.seed, "epochs": cfg.trainer.max_epochs,
               "experiment": cfg.experiment_name, "identity": tracking.identity(cfg),
-              "cfg": OmegaConf.to_container(cfg, resolve=True)}
+              "cfg": tracking.redact(OmegaConf.to_container(cfg, resolve=True))}
 
     def attempt(m: str) -> WandbLogger:
         # The id derives from the run's identity and resume="allow": a relaunched run continues
@@ -218,7 +266,11 @@ def make_wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:
                              id=None if os.environ.get("WANDB_SWEEP_ID") else tracking.wandb_run_id(cfg),
                              resume="allow",
                              settings=wandb.Settings(init_timeout=wcfg.init_timeout, silent=True))
-        run = logger.experiment  # start the run now, so a failure is caught here
+        argv, sys.argv = sys.argv, tracking.scrub_argv(sys.argv)  # W&B records the command line
+        try:
+            run = logger.experiment  # start the run now, so a failure is caught here
+        finally:
+            sys.argv = argv
         run.define_metric("epoch")
         for key in EPOCH_METRICS:  # epoch-level curves use epochs on the x-axis
             run.define_metric(key, step_metric="epoch")
@@ -257,6 +309,24 @@ def make_trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list,
     return pl.Trainer(**kwargs, **fixed, logger=loggers, callbacks=callbacks, default_root_dir=str(out_dir))
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Reject impossible values before anything is loaded or trained, naming what was typed."""
+    def positive(key, value, kind=numbers.Real):
+        if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+            what = "a positive integer" if kind is numbers.Integral else "a positive number"
+            raise ValueError(f"{key} must be {what}, got {value!r}")
+
+    positive("data.batch_size", cfg.data.batch_size, numbers.Integral)
+    positive("optim.lr", cfg.optim.lr)
+    positive("optim.base_batch_size", cfg.optim.base_batch_size, numbers.Integral)
+    positive("trainer.max_epochs", cfg.trainer.max_epochs, numbers.Integral)
+    if cfg.optim.lr_scaling not in LR_SCALINGS:
+        raise ValueError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {cfg.optim.lr_scaling!r}")
+    if cfg.norm.kind == "bn" and cfg.data.batch_size == 1:
+        raise ValueError("norm=bn with data.batch_size=1: batch statistics of one sample per device are "
+                         "undefined; use a batch size of at least 2, or ln, in or gn")
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Train and test one configuration; returns the summary written to out_dir/summary.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -267,13 +337,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "run_name": cfg.run_name, "experiment": cfg.experiment_name, "identity": tracking.identity(cfg),
         "output_dir": str(out_dir),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": tracking.redact(OmegaConf.to_container(cfg, resolve=True)),
     }
     wandb_logger = None
     module = None
+    trainer = None
     try:
+        check_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         dm = datasets.build(cfg.data)
+        dm.setup()  # reads and checks the data files now, before anything else starts
         net = models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
         summary["num_params"] = sum(p.numel() for p in net.parameters())
 
@@ -294,7 +367,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if wandb_logger:
             summary["wandb"] = {"id": wandb_logger.experiment.id, "dir": str(Path(wandb_logger.experiment.dir).parent),
                                 "mode": wandb_logger.experiment.settings.mode}
-        callbacks = [EpochReport()]
+        callbacks = [EpochReport(), StopOnSignal()]
         if cfg.progress_bar == "auto" and not sys.stdout.isatty():
             callbacks.append(TQDMProgressBar(refresh_rate=0))  # logs and CI get the epoch lines instead
         elif cfg.progress_bar:
@@ -305,8 +378,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
         # The learning rate follows the optimisation batch (per device x devices x accumulation).
         opt_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        if cfg.optim.lr_scaling not in LR_SCALINGS:
-            raise ValueError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {cfg.optim.lr_scaling!r}")
         lr = cfg.optim.lr * LR_SCALINGS[cfg.optim.lr_scaling](opt_batch / cfg.optim.base_batch_size)
         summary.update(lr=lr, base_lr=cfg.optim.lr, optimization_batch_size=opt_batch,
                        accelerator=trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower(),
@@ -331,8 +402,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             wandb_logger.experiment.summary.update(
                 {k: summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc", "images_per_second", "num_params")})
         return summary
+    except Diverged as err:
+        # Not a bug: a finding. The summary says so and a sweep goes on with the next run.
+        summary.update(status="diverged", error=str(err), diverged_at_step=trainer.global_step,
+                       history=module.history, epochs_completed=len(module.history))
+        return summary
+    except SIGTERMException:
+        summary.update(status="interrupted", error="stopped by a signal; relaunch to resume from the checkpoint",
+                       history=module.history if module else [])
+        raise SystemExit(128 + signal.SIGTERM)
     except BaseException as err:
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        summary.update(status="failed", error=tracking.scrub(f"{type(err).__name__}: {err}"))
         if module is not None:
             summary["history"] = module.history
         raise
@@ -346,16 +426,44 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             wandb.finish(exit_code=0 if summary["status"] == "completed" else 1)
 
 
+# Errors a user can cause by what they typed or where their files are: one readable line,
+# not a traceback (HYDRA_FULL_ERROR=1 shows the traceback).
+USER_ERRORS = (ValueError, FileNotFoundError, OmegaConfBaseException, InstantiationException)
+FAILED_RUNS: list[str] = []  # jobs of a multirun that failed, reported when the sweep ends
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    done = tracking.read_summary(out_dir)
-    if done and done.get("status") == "completed":
-        # Same config, same directory: a relaunched sweep skips what it already did.
-        print(f"{cfg.run_name}: already completed, test accuracy {done['test_acc']:.2%}; "
-              f"skipping (delete {out_dir} to train it again)", flush=True)
-        return done["test_acc"]
-    summary = run(cfg, out_dir)
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    tracking.scrub_files((out_dir / hydra_cfg.output_subdir).glob("*.yaml") if hydra_cfg.output_subdir else [])
+    with tracking.RunLock(out_dir) as lock:
+        if not lock.acquired:
+            # Another launcher on the same sweep directory is training this run right now.
+            print(f"{cfg.run_name}: skipping, being trained by another process (pid {lock.holder}) in {out_dir}", flush=True)
+            if not multirun:
+                sys.exit(3)
+            return None
+        done = tracking.read_summary(out_dir)
+        if done and done.get("status") == "completed":
+            # Same config, same directory: a relaunched sweep skips what it already did.
+            print(f"{cfg.run_name}: already completed, test accuracy {done['test_acc']:.2%}; "
+                  f"skipping (delete {out_dir} to train it again)", flush=True)
+            return done["test_acc"]
+        try:
+            summary = run(cfg, out_dir)
+        except USER_ERRORS as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {tracking.scrub(str(err))}", file=sys.stderr, flush=True)
+            if not multirun:
+                sys.exit(2)
+            FAILED_RUNS.append(f"{cfg.run_name}: {tracking.scrub(str(err))}")
+            return None
+    if summary["status"] == "diverged":
+        print(f"{cfg.run_name}: diverged ({summary['error']}); summary in {out_dir}", flush=True)
+        return None
     print(f"{cfg.run_name}: test accuracy {summary['test_acc']:.2%} "
           f"(best val {summary['best_val_acc']:.2%}); outputs in {out_dir}", flush=True)
     return summary["test_acc"]
@@ -363,3 +471,6 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     main()
+    if FAILED_RUNS:
+        print(f"{len(FAILED_RUNS)} run(s) of the sweep failed:\n  " + "\n  ".join(FAILED_RUNS), file=sys.stderr)
+        sys.exit(1)

@@ -19,6 +19,29 @@ from .base import ImageDataModule
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = Path.home() / ".cache" / "normlab" / "data"
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# IDX header (magic number, item count) and total size of each file, from the format's spec.
+EXPECTED = {
+    "train-images-idx3-ubyte": (2051, 60000, 16 + 60000 * 28 * 28),
+    "train-labels-idx1-ubyte": (2049, 60000, 8 + 60000),
+    "t10k-images-idx3-ubyte": (2051, 10000, 16 + 10000 * 28 * 28),
+    "t10k-labels-idx1-ubyte": (2049, 10000, 8 + 10000),
+}
+HOW_TO_GET = ("Install the Debian package (apt-get install dataset-fashion-mnist), or run online with "
+              "data.download=true")
+
+
+def check_idx(path: Path) -> None:
+    """Raise if an IDX file is truncated or is not the Fashion-MNIST file it is named after."""
+    magic, count, size = EXPECTED[path.name]
+    actual = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(8)
+    found = (int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")) if len(header) == 8 else None
+    if actual != size or found != (magic, count):
+        raise ValueError(
+            f"Fashion-MNIST file {path} is corrupt or truncated ({actual} bytes, header {found}; expected "
+            f"{size} bytes, header {(magic, count)}). Delete it to unpack or download it again. {HOW_TO_GET}."
+        )
 
 
 class FashionMNISTDataModule(ImageDataModule):
@@ -41,14 +64,24 @@ class FashionMNISTDataModule(ImageDataModule):
         return self.root / "FashionMNIST" / "raw"
 
     def prepare_data(self) -> None:
+        self._locate()
+        for f in FILES:
+            check_idx(self.raw_dir / f)
+
+    def _locate(self) -> None:
         if all((self.raw_dir / f).is_file() for f in FILES):
             return
         if all((self.system_dir / f"{f}.gz").is_file() for f in FILES):
             self.raw_dir.mkdir(parents=True, exist_ok=True)
             for f in FILES:
-                tmp = self.raw_dir / f"{f}.tmp{os.getpid()}"
-                with gzip.open(self.system_dir / f"{f}.gz") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                tmp = self.raw_dir / f".{f}.tmp{os.getpid()}"
+                try:
+                    with gzip.open(self.system_dir / f"{f}.gz") as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                except (OSError, EOFError) as err:
+                    tmp.unlink(missing_ok=True)
+                    raise ValueError(f"cannot unpack {self.system_dir / f'{f}.gz'}: {err}. Reinstall the package "
+                                     "(apt-get install --reinstall dataset-fashion-mnist).") from err
                 tmp.replace(self.raw_dir / f)
             return
         if self.download:
@@ -62,8 +95,7 @@ class FashionMNISTDataModule(ImageDataModule):
             reason = "download is off (data.download=false)"
         raise FileNotFoundError(
             f"Fashion-MNIST not found: looked in {self.raw_dir} and {self.system_dir}; {reason}. "
-            "Install the Debian package (apt-get install dataset-fashion-mnist), put the four IDX "
-            f"files in {self.raw_dir}, or run online with data.download=true."
+            f"{HOW_TO_GET}, or put the four IDX files in {self.raw_dir}."
         )
 
     def load(self):

@@ -33,7 +33,34 @@ def build(model: dict, norm: dict, in_channels: int, num_classes: int, image_siz
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"model {model.get('name', arch)!r} ({arch}) does not take option(s) {unknown}; valid options: {valid}")
-    kwargs = dict(norm=norm_factory(norm), in_channels=in_channels, num_classes=num_classes)
+    kwargs = dict(in_channels=in_channels, num_classes=num_classes)
     if "image_size" in params:
         kwargs["image_size"] = image_size
-    return ctor(**kwargs, **options)
+    if norm.get("kind") == "gn":
+        _check_groups(ctor, kwargs, options, norm.get("num_groups", 32))
+    return ctor(norm=norm_factory(norm), **kwargs, **options)
+
+
+class _Site(nn.Identity):
+    """Stands in for a norm while the model is probed for the channel count of every norm site."""
+
+    def __init__(self, num_channels: int, layout: str = "nchw", **_):
+        super().__init__()
+        self.num_channels = num_channels
+
+
+def _check_groups(ctor, kwargs, options, groups) -> None:
+    """Name the first layer whose channel count num_groups does not divide, and the group
+    counts that would divide every layer."""
+    probe = ctor(norm=_Site, **kwargs, **options)
+    sites = [(name, m.num_channels) for name, m in probe.named_modules() if isinstance(m, _Site)]
+    usable = isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1
+    bad = [(name, c) for name, c in sites if not usable or c % groups]
+    if bad:
+        name, channels = bad[0]
+        common = [g for g in range(1, min(c for _, c in sites) + 1) if all(c % g == 0 for _, c in sites)]
+        raise ValueError(
+            f"gn: num_groups={groups!r} does not divide the {channels} channels of layer '{name}'"
+            f"{f' (and {len(bad) - 1} more layers)' if len(bad) > 1 else ''}; "
+            f"group counts that divide every layer of this model: {common}"
+        )

@@ -100,5 +100,6 @@ def test_bad_model_config_is_named(bad, message):
 
 
 def test_gn_groups_that_do_not_divide_a_layer_fail_at_build():
-    with pytest.raises(ValueError, match=r"num_channels=16 is not divisible by num_groups=32"):
+    with pytest.raises(ValueError, match=r"num_groups=32 does not divide the 16 channels of layer 'stem.1' "
+                                         r"\(and 6 more layers\); group counts that divide every layer of this model: \[1, 2, 4, 8, 16\]"):
         models.build(MODELS["resnet20"], {"kind": "gn", "num_groups": 32}, 3, 10, 16)

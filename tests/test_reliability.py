@@ -1,0 +1,271 @@
+"""Bad input gets one clear error before training; faults lose nothing; secrets never leak."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+import train
+from conftest import REPO, WANDB, clean_env, run_train
+
+CONF = REPO / "conf"
+
+
+@pytest.fixture(scope="module")
+def hydra_conf():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: each is rejected before training, with a message naming what was wrong
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override,valid", [
+    ("norm=batchnorm", ["bn", "gn", "in", "ln", "none"]),
+    ("model=resnet99", ["resnet18", "resnet20", "resnet50", "resnet56", "vit"]),
+    ("data=mnist", ["cifar10", "cifar100", "fashion_mnist", "synthetic"]),
+    ("experiment=nope", ["norm_vs_batch", "norm_vs_batch_vit", "quick"]),
+])
+def test_unknown_names_list_the_valid_ones(hydra_conf, override, valid):
+    with pytest.raises(MissingConfigException) as info:
+        compose("config", overrides=[override])
+    message = str(info.value)
+    assert override.split("=")[1] in message
+    assert all(v in message for v in valid), message
+
+
+BAD_VALUES = [
+    (["norm=gn", "norm.num_groups=32"], r"num_groups=32 does not divide the 16 channels of layer 'stem.1'.*\[1, 2, 4, 8, 16\]"),
+    (["model=vit", "model.hidden_dim=48", "model.num_heads=2", "norm=gn", "norm.num_groups=5"],
+     r"num_groups=5 does not divide the 48 channels of layer 'encoder.layers.encoder_layer_0.ln_1'"),
+    (["norm=bn", "data.batch_size=1"], r"norm=bn with data.batch_size=1"),
+    (["data.batch_size=5000"], r"data.batch_size=5000 is larger than the training set \(1024 images\)"),
+    (["data.batch_size=0"], r"data.batch_size must be a positive integer, got 0"),
+    (["data.batch_size=-8"], r"data.batch_size must be a positive integer, got -8"),
+    (["data.batch_size=eight"], r"data.batch_size must be a positive integer, got 'eight'"),
+    (["optim.lr=0"], r"optim.lr must be a positive number, got 0"),
+    (["optim.lr=fast"], r"optim.lr must be a positive number, got 'fast'"),
+    (["trainer.max_epochs=-1"], r"trainer.max_epochs must be a positive integer, got -1"),
+    (["trainer.max_epochs=ten"], r"trainer.max_epochs must be a positive integer, got 'ten'"),
+    (["optim.lr_scaling=cubic"], r"optim.lr_scaling must be one of linear, sqrt, none, got 'cubic'"),
+    (["model=vit", "model.hidden_dim=48", "model.num_heads=2", "norm=ln", "norm.scope=channel"],
+     r"unknown ln scope 'channel'; valid scopes: 'token', 'sample'"),
+    (["norm=ln", "norm.scope=token"], r"ln scope 'token' is not available for layout 'nchw'"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_bad_values_fail_before_training_and_name_the_value(hydra_conf, tmp_path, overrides, message):
+    cfg = compose("config", overrides=["data=synthetic", "logger=csv", *overrides])
+    with pytest.raises(ValueError, match=message):
+        train.run(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()  # nothing trained
+
+
+def test_unknown_layout_is_named():
+    import norms
+
+    with pytest.raises(ValueError, match=r"unknown layout 'nhwc'; valid layouts: 'nchw', 'nlc'"):
+        norms.build("gn", 8, layout="nhwc", num_groups=2)
+
+
+def test_missing_data_offline_says_where_it_looked_and_how_to_get_it(hydra_conf, tmp_path):
+    cfg = compose("config", overrides=["data=fashion_mnist", f"data.root={tmp_path / 'root'}", "data.download=false",
+                                       f"+data.system_dir={tmp_path / 'none'}", "logger=csv"])
+    with pytest.raises(FileNotFoundError, match=r"looked in .*root/FashionMNIST/raw and .*none.*apt-get install dataset-fashion-mnist.*data.download=true"):
+        train.run(cfg, tmp_path / "run")
+    cfg = compose("config", overrides=["data=cifar10", f"data.root={tmp_path / 'root'}", "data.download=false", "logger=csv"])
+    with pytest.raises(FileNotFoundError, match=r"cifar10 not found or corrupt in .*cifar-10-batches-py.*data.download=true"):
+        train.run(cfg, tmp_path / "run2")
+
+
+def test_truncated_fashion_mnist_is_detected_not_trained_on(hydra_conf, tmp_path):
+    import data
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, (magic, count, size) in data.fashion_mnist.EXPECTED.items():
+        header = magic.to_bytes(4, "big") + count.to_bytes(4, "big")
+        body = b"\0" * (size - 8 - (1000 if name == "train-images-idx3-ubyte" else 0))  # one file cut short
+        (raw / name).write_bytes(header + body)
+    cfg = compose("config", overrides=[f"data.root={tmp_path}", "data.download=false", "logger=csv"])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is corrupt or truncated \(47039016 bytes"):
+        train.run(cfg, tmp_path / "run")
+
+
+def test_corrupt_debian_archive_is_detected(tmp_path):
+    import data
+
+    system = tmp_path / "system"
+    system.mkdir()
+    for name in data.fashion_mnist.FILES:
+        (system / f"{name}.gz").write_bytes(b"not a gzip file")
+    dm = data.build({"name": "fashion_mnist", "root": str(tmp_path / "root"), "download": False,
+                     "system_dir": str(system), "batch_size": 8})
+    with pytest.raises(ValueError, match=r"cannot unpack .*train-images-idx3-ubyte.gz"):
+        dm.prepare_data()
+
+
+def test_corrupt_cifar_is_detected(tmp_path):
+    import data
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"truncated")
+    dm = data.build({"name": "cifar10", "root": str(tmp_path), "download": False, "batch_size": 8})
+    with pytest.raises(FileNotFoundError, match=r"cifar10 not found or corrupt"):
+        dm.prepare_data()
+
+
+def test_cli_error_is_one_readable_line(tmp_path):
+    env = clean_env()
+    env.pop("HYDRA_FULL_ERROR")
+    proc = run_train("norm=gn", "norm.num_groups=32", "data=synthetic", f"hydra.run.dir={tmp_path}", env=env, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: gn: num_groups=32 does not divide")
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    env["HYDRA_FULL_ERROR"] = "1"  # the traceback is still there for who asks
+    proc = run_train("norm=gn", "norm.num_groups=32", "data=synthetic", f"hydra.run.dir={tmp_path}", env=env, check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Faults: nothing already computed is lost
+# ---------------------------------------------------------------------------------------
+RUN = ["data=synthetic", "data.batch_size=8", "trainer.max_epochs=3"]
+
+
+def _launch(run_dir, *extra):
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *RUN, *extra, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before the fault was injected:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.05)
+    pytest.fail("timed out waiting to inject the fault")
+
+
+def _wandb_epochs(run_dir: Path) -> list[int]:
+    """Epochs with a val/acc record in the W&B history, over every attempt of the run."""
+    epochs = []
+    for attempt in sorted((run_dir / "wandb").glob("offline-run-*")):
+        out = subprocess.run([WANDB, "leet", "inspect", "--json", str(attempt)], capture_output=True, text=True,
+                             timeout=120, env=clean_env()).stdout
+        for line in out.splitlines():
+            record = json.loads(line)
+            if record.get("type") == "history" and "val/acc" in record["history"]["item"]:
+                epochs.append(int(record["history"]["item"]["epoch"]))
+    return epochs
+
+
+def _assert_logged_once(run_dir: Path):
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows if r.get("val/acc")] == [0, 1, 2]
+    steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert steps == list(range(9, 3 * 128, 10))  # every 10th step of 3 epochs of 128, each once
+    assert sorted(_wandb_epochs(run_dir)) == [0, 1, 2]
+
+
+def test_kill_9_mid_epoch_then_relaunch_resumes_and_logs_each_epoch_once(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _launch(run_dir, "checkpoint.every_n_steps=20")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    _wait_for(lambda: ckpt.is_file() and ckpt.stat().st_size > 0, proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < step < 128, "the checkpoint should be a mid-epoch one"
+    relaunch = run_train(*RUN, "checkpoint.every_n_steps=20", f"hydra.run.dir={run_dir}")
+    assert f"(step {step})" in relaunch.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    _assert_logged_once(run_dir)
+
+
+def test_sigterm_saves_a_checkpoint_then_relaunch_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _launch(run_dir, "checkpoint.every_n_steps=null")
+    _wait_for(lambda: (run_dir / "metrics.csv").is_file(), proc)  # part-way through epoch 1
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert f"checkpoint saved at step {step}" in out and 0 < step < 128
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    run_train(*RUN, "checkpoint.every_n_steps=null", f"hydra.run.dir={run_dir}")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    _assert_logged_once(run_dir)
+
+
+def test_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_train("-m", "norm=none", "optim.lr=1000,0.1", "data=synthetic", "trainer.max_epochs=2",
+                     f"hydra.sweep.dir={sweep}")
+    by_lr = {json.loads(p.read_text())["base_lr"]: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert by_lr[1000]["status"] == "diverged" and by_lr[1000]["diverged_at_step"] >= 0
+    assert "nan" in by_lr[1000]["error"] or "inf" in by_lr[1000]["error"]
+    assert by_lr[0.1]["status"] == "completed"  # the next run of the sweep still ran
+    assert "diverged" in proc.stdout
+    report = subprocess.run([sys.executable, str(REPO / "report.py"), str(sweep), "wandb.mode=disabled"], cwd=REPO,
+                            env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "diverged 1/" in (sweep / "report" / "results.md").read_text()
+
+
+def test_two_launchers_never_train_the_same_run_twice(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "norm=bn,gn", "data=synthetic", "data.train_size=256", "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}"]
+    procs = [subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=clean_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    runs = [p.parent for p in sweep.glob("*/summary.json")]
+    assert len(runs) == 2
+    for run_dir in runs:
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+        assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # trained once, by one launcher
+    trained = sum(out.count("test accuracy") - out.count("already completed") for out in outs)
+    assert trained == 2
+    assert any("being trained by another process" in o or "already completed" in o for o in outs)
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets
+# ---------------------------------------------------------------------------------------
+def test_a_planted_key_never_reaches_a_file_or_the_console(tmp_path):
+    wandb_key, hf_token, literal = "0123456789abcdef" * 2 + "planted1", "hf_planted_token_4242", "literal-secret-0987"
+    env = clean_env(WANDB_API_KEY=wandb_key, HF_TOKEN=hf_token, WANDB_BASE_URL="http://127.0.0.1:9")
+    run_dir = tmp_path / "sweep" / "run"
+    proc = run_train("data=synthetic", "trainer.max_epochs=1", "+hf_token=${oc.env:HF_TOKEN}", f"+my_api_key={literal}",
+                     f"hydra.run.dir={run_dir}", env=env)
+    report = subprocess.run([sys.executable, str(REPO / "report.py"), str(tmp_path / "sweep")], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["hf_token"] == "<redacted>" and summary["config"]["my_api_key"] == "<redacted>"
+    console = proc.stdout + proc.stderr + report.stdout + report.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".ckpt" for p in files) and any(p.suffix == ".wandb" for p in files)
+    for secret in (wandb_key, hf_token, literal):
+        assert secret not in console
+        leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
+        assert leaks == [], f"{secret} found in {leaks}"
