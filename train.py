@@ -278,10 +278,11 @@ def make_wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:
 
     try:
         logger = attempt(mode)
-    except Exception as err:  # noqa: BLE001 - any W&B failure falls back to offline
-        if mode != "online":
-            raise
+    except Exception as err:  # noqa: BLE001 - W&B never fails the run: offline, else CSV only
         wandb.finish()
+        if mode != "online":
+            print(f"W&B: could not start ({type(err).__name__}: {tracking.scrub(str(err))}); logging to CSV only", flush=True)
+            return None
         why = f"online start failed ({type(err).__name__}); falling back to offline"
         mode, logger = "offline", attempt("offline")
     print(f"W&B: {mode} ({why}); run dir {Path(logger.experiment.dir).parent}", flush=True)
@@ -379,7 +380,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         # The learning rate follows the optimisation batch (per device x devices x accumulation).
         opt_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
         lr = cfg.optim.lr * LR_SCALINGS[cfg.optim.lr_scaling](opt_batch / cfg.optim.base_batch_size)
+        # What a norm averages over: bn the per-device batch (or its virtual batches); the
+        # others one sample.
+        norm_batch = (cfg.norm.get("virtual_batch_size") or cfg.data.batch_size) if cfg.norm.kind == "bn" else 1
         summary.update(lr=lr, base_lr=cfg.optim.lr, optimization_batch_size=opt_batch,
+                       normalization_batch_size=min(norm_batch, cfg.data.batch_size),
                        accelerator=trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower(),
                        precision=str(trainer.precision))
         module = Classifier(net, cfg.optim, lr)

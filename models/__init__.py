@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from torch import nn
 
 from .common import norm_factory
@@ -52,7 +53,8 @@ class _Site(nn.Identity):
 def _check_groups(ctor, kwargs, options, groups) -> None:
     """Name the first layer whose channel count num_groups does not divide, and the group
     counts that would divide every layer."""
-    probe = ctor(norm=_Site, **kwargs, **options)
+    with torch.random.fork_rng(devices=[]):  # probing must not change the real model's initialisation
+        probe = ctor(norm=_Site, **kwargs, **options)
     sites = [(name, m.num_channels) for name, m in probe.named_modules() if isinstance(m, _Site)]
     usable = isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1
     bad = [(name, c) for name, c in sites if not usable or c % groups]

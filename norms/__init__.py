@@ -30,7 +30,7 @@ LN_SCOPES = ("token", "sample")
 # Options each kind accepts (PyTorch's names) and their defaults. The only table to edit
 # when a norm gains an option.
 _OPTIONS = {
-    "bn": {"eps": 1e-5, "momentum": 0.1, "affine": True, "track_running_stats": True},
+    "bn": {"eps": 1e-5, "momentum": 0.1, "affine": True, "track_running_stats": True, "virtual_batch_size": None},
     "ln": {"eps": 1e-5, "affine": True, "scope": None},
     "in": {"eps": 1e-5, "momentum": 0.1, "affine": False, "track_running_stats": False},
     "gn": {"eps": 1e-5, "affine": True, "num_groups": 32},
@@ -47,20 +47,58 @@ def _check_train_batch(module: nn.Module, values_per_channel: int, shape) -> Non
         )
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class _GhostBatchNorm:
+    """Ghost (virtual) batch norm (Hoffer et al. 2017): in training, a batch is split into groups
+    of `virtual_batch_size` samples, each normalized with its own statistics (and each updating
+    the running statistics, in order). Evaluation uses the running statistics as usual."""
+
+    def _init_ghost(self, virtual_batch_size):
+        if virtual_batch_size is not None and (isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int)
+                                               or virtual_batch_size < 1):
+            raise ValueError(f"bn virtual_batch_size must be a positive integer or None, got {virtual_batch_size!r}")
+        self.virtual_batch_size = virtual_batch_size
+
+    def _ghost(self, x, forward):
+        k = self.virtual_batch_size
+        if not self.training or k is None or k >= x.shape[0]:
+            return forward(x)
+        if x.shape[0] % k:
+            raise ValueError(f"bn: a batch of {x.shape[0]} samples cannot be split into virtual batches of "
+                             f"virtual_batch_size={k}; use a batch size that is a multiple of it")
+        return torch.cat([forward(chunk) for chunk in x.split(k)], 0)
+
+    def extra_repr(self):
+        return super().extra_repr() + (f", virtual_batch_size={self.virtual_batch_size}" if self.virtual_batch_size else "")
+
+
+class BatchNorm2d(_GhostBatchNorm, nn.BatchNorm2d):
     """bn over (N, H, W) per channel, with a clear error for one value per channel."""
 
-    def forward(self, x):
+    def __init__(self, num_features, virtual_batch_size=None, **options):
+        super().__init__(num_features, **options)
+        self._init_ghost(virtual_batch_size)
+
+    def _forward(self, x):
         _check_train_batch(self, x.shape[0] * x.shape[2] * x.shape[3], x.shape)
-        return super().forward(x)
+        return nn.BatchNorm2d.forward(self, x)
+
+    def forward(self, x):
+        return self._ghost(x, self._forward)
 
 
-class TokenBatchNorm(nn.BatchNorm1d):
+class TokenBatchNorm(_GhostBatchNorm, nn.BatchNorm1d):
     """bn over (N, L) per channel for (N, L, C) tokens."""
 
-    def forward(self, x):
+    def __init__(self, num_features, virtual_batch_size=None, **options):
+        super().__init__(num_features, **options)
+        self._init_ghost(virtual_batch_size)
+
+    def _forward(self, x):
         _check_train_batch(self, x.shape[0] * x.shape[1], x.shape)
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        return nn.BatchNorm1d.forward(self, x.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, x):
+        return self._ghost(x, self._forward)
 
 
 class _PerChannelAffine(nn.Module):
@@ -147,7 +185,8 @@ def build(kind: str, num_channels: int, layout: str = "nchw", **options) -> nn.M
         layout: "nchw" for CNN feature maps, "nlc" for ViT tokens (N, L, C).
         **options: PyTorch's names: eps, momentum, affine, track_running_stats (bn, in),
             num_groups (gn), scope (ln: "token" or "sample" for nlc; nchw is always
-            "sample"). Unset options take PyTorch's defaults (gn: num_groups=32, as in
+            "sample"), virtual_batch_size (bn: ghost batch norm over groups of that many
+            samples). Unset options take PyTorch's defaults (gn: num_groups=32, as in
             the GN paper).
 
     Returns a module whose output has the input's shape.

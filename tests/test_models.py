@@ -103,3 +103,13 @@ def test_gn_groups_that_do_not_divide_a_layer_fail_at_build():
     with pytest.raises(ValueError, match=r"num_groups=32 does not divide the 16 channels of layer 'stem.1' "
                                          r"\(and 6 more layers\); group counts that divide every layer of this model: \[1, 2, 4, 8, 16\]"):
         models.build(MODELS["resnet20"], {"kind": "gn", "num_groups": 32}, 3, 10, 16)
+
+
+def test_gn_group_check_does_not_change_the_initialisation():
+    """The gn check builds a probe model; the real model must be initialised as if it had not."""
+    torch.manual_seed(0)
+    with_check = models.build(MODELS["resnet20"], {"kind": "gn", "num_groups": 4}, 3, 10, 16)
+    torch.manual_seed(0)
+    without = models.build(MODELS["resnet20"], {"kind": "ln"}, 3, 10, 16)  # ln: no probe
+    conv = lambda net: [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(conv(with_check), conv(without)))

@@ -168,3 +168,30 @@ def test_bad_arguments_are_named(call, message):
 @pytest.mark.parametrize("layout", norms.LAYOUTS)
 def test_kind_of_reads_back_the_kind(kind, layout):
     assert norms.kind_of(norms.build(kind, 4, layout, **({"num_groups": 2} if kind == "gn" else {}))) == kind
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nlc"])
+def test_ghost_bn_with_the_whole_batch_is_plain_bn(layout):
+    x = make_input(layout)
+    ghost, plain = norms.build("bn", C, layout, virtual_batch_size=N), norms.build("bn", C, layout)
+    torch.testing.assert_close(ghost(x), plain(x))
+    torch.testing.assert_close(ghost.running_var, plain.running_var)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nlc"])
+def test_ghost_bn_with_half_the_batch_is_bn_on_each_half(layout):
+    x = make_input(layout)
+    ghost, plain = norms.build("bn", C, layout, virtual_batch_size=N // 2), norms.build("bn", C, layout)
+    halves = torch.cat([plain(x[: N // 2]), plain(x[N // 2:])])  # plain bn on each half, in order
+    torch.testing.assert_close(ghost(x), halves)
+    torch.testing.assert_close(ghost.running_mean, plain.running_mean)
+    torch.testing.assert_close(ghost.running_var, plain.running_var)
+    # and it is not plain bn over the whole batch
+    assert not torch.allclose(ghost(x), norms.build("bn", C, layout)(x), atol=1e-3)
+
+
+def test_ghost_bn_rejects_a_batch_it_cannot_split():
+    with pytest.raises(ValueError, match=r"a batch of 4 samples cannot be split into virtual batches of virtual_batch_size=3"):
+        norms.build("bn", C, virtual_batch_size=3)(make_input("nchw"))
+    with pytest.raises(ValueError, match=r"virtual_batch_size must be a positive integer or None, got 0"):
+        norms.build("bn", C, virtual_batch_size=0)

@@ -38,6 +38,8 @@ def test_every_norm_learns_and_records_its_run(sweep, norm):
     assert summary["test_acc"] > 0.6, f"{norm} did not learn (4 classes, chance 0.25): {summary['test_acc']}"
     assert summary["epochs"] == summary["epochs_completed"] == 3
     assert summary["lr"] == pytest.approx(0.1 * 32 / 128)  # linear scaling from 0.1 at batch 128
+    assert summary["optimization_batch_size"] == 32
+    assert summary["normalization_batch_size"] == (32 if norm == "bn" else 1)
     assert summary["best_val_acc"] == max(h["val/acc"] for h in summary["history"])
     assert summary["config"]["norm"]["kind"] == norm
 
