@@ -6,15 +6,13 @@ summary.json in the run directory records the result.
 """
 from __future__ import annotations
 
-import fcntl
 import inspect
-import numbers
-import signal
-import threading
-import json
 import math
+import numbers
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from datetime import datetime, timezone

@@ -14,7 +14,7 @@ DATASETS = {m.name: m for m in (FashionMNISTDataModule, CIFAR10DataModule, CIFAR
 def _accepted(cls) -> set[str]:
     names = set()
     for klass in cls.__mro__:
-        if klass is ImageDataModule or issubclass(klass, ImageDataModule):
+        if issubclass(klass, ImageDataModule):
             names |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs")}
     return names
 

@@ -6,9 +6,13 @@ no worker process between the data and the next step.
 """
 from __future__ import annotations
 
-import torch
+from pathlib import Path
+
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+DEFAULT_ROOT = Path.home() / ".cache" / "normlab" / "data"  # where downloaded or unpacked data sets go
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool) -> torch.Tensor:

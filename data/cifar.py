@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from .base import ImageDataModule
-from .fashion_mnist import DEFAULT_ROOT
+from .base import DEFAULT_ROOT, ImageDataModule
 
 
 class CIFAR10DataModule(ImageDataModule):

@@ -11,13 +11,11 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 from torchvision.datasets import FashionMNIST
 
-from .base import ImageDataModule
+from .base import DEFAULT_ROOT, ImageDataModule
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_ROOT = Path.home() / ".cache" / "normlab" / "data"
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # IDX header (magic number, item count) and total size of each file, from the format's spec.
 EXPECTED = {

@@ -1,7 +1,6 @@
 """Bad input gets one clear error before training; faults lose nothing; secrets never leak."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, WANDB, clean_env, run_train
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
 import train
-from conftest import REPO, WANDB, clean_env, run_train
 
 CONF = REPO / "conf"
 

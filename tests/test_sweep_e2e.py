@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import REPO, clean_env, run_train, wandb_inspect
+from PIL import Image
 
 GRID = ["-m", "norm=bn,gn", "data.batch_size=4,16", "data=synthetic", "data.train_size=512",
         "trainer.max_epochs=3", "experiment_name=e2e"]

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import clean_env, run_train, wandb_inspect
 
 SUMMARY_KEYS = {"norm", "model", "data", "batch_size", "lr", "seed", "epochs", "best_val_acc", "final_val_acc",
