@@ -90,7 +90,6 @@ class Cell:
 def read_run(run_dir: Path) -> Run | None:
     summary = tracking.read_summary(run_dir)
     if summary is not None:
-        cfg = summary.get("config", {})
         run = Run(norm=summary["norm"], batch_size=summary["batch_size"], seed=summary["seed"],
                   model=summary["model"], data=summary["data"], status=summary.get("status", "unknown"),
                   path=run_dir, history=summary.get("history", []), error=summary.get("error"))

@@ -56,7 +56,7 @@ def test_flip_mirrors_about_half_the_batch():
     out = random_crop_flip(x, pad=0, flip=True)
     flipped = [torch.equal(o, xi.flip(2)) for o, xi in zip(out, x)]
     kept = [torch.equal(o, xi) for o, xi in zip(out, x)]
-    assert all(f or k for f, k in zip(flipped, kept))
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
     assert 150 < sum(flipped) < 250
 
 

@@ -112,4 +112,4 @@ def test_gn_group_check_does_not_change_the_initialisation():
     torch.manual_seed(0)
     without = models.build(MODELS["resnet20"], {"kind": "ln"}, 3, 10, 16)  # ln: no probe
     conv = lambda net: [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]  # noqa: E731
-    assert all(torch.equal(a, b) for a, b in zip(conv(with_check), conv(without)))
+    assert all(torch.equal(a, b) for a, b in zip(conv(with_check), conv(without), strict=True))
