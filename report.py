@@ -46,6 +46,21 @@ class Run:
     images_per_second: float | None = None
     history: list = field(default_factory=list)
     error: str | None = None
+    variant: str = ""  # bn's statistics batch when it is not the per-device batch: "ghost 4", "sync"
+
+    @property
+    def label(self) -> str:
+        return f"{self.norm} ({self.variant})" if self.variant else self.norm
+
+
+def norm_variant(norm_cfg) -> str:
+    """'ghost k' for virtual batches of k, 'sync' for synchronized statistics, else ''."""
+    norm_cfg = norm_cfg or {}
+    if norm_cfg.get("kind") != "bn":
+        return ""
+    if norm_cfg.get("sync"):
+        return "sync"
+    return f"ghost {norm_cfg['virtual_batch_size']}" if norm_cfg.get("virtual_batch_size") else ""
 
 
 @dataclass
@@ -92,7 +107,8 @@ def read_run(run_dir: Path) -> Run | None:
     if summary is not None:
         run = Run(norm=summary["norm"], batch_size=summary["batch_size"], seed=summary["seed"],
                   model=summary["model"], data=summary["data"], status=summary.get("status", "unknown"),
-                  path=run_dir, history=summary.get("history", []), error=summary.get("error"))
+                  path=run_dir, history=summary.get("history", []), error=summary.get("error"),
+                  variant=norm_variant((summary.get("config") or {}).get("norm")))
         if summary.get("test_acc") is not None:
             run.test_error = 100 * (1 - summary["test_acc"])
         run.best_epoch = summary.get("best_epoch")
@@ -103,7 +119,7 @@ def read_run(run_dir: Path) -> Run | None:
         return None
     cfg = OmegaConf.load(config_file)  # started, but never wrote a summary (killed)
     return Run(norm=cfg.norm.kind, batch_size=cfg.data.batch_size, seed=cfg.seed, model=cfg.model.name,
-               data=cfg.data.name, status="incomplete", path=run_dir)
+               data=cfg.data.name, status="incomplete", path=run_dir, variant=norm_variant(cfg.norm))
 
 
 def read_runs(runs_dir: Path, skip: Path | None = None) -> list[Run]:
@@ -140,7 +156,7 @@ def requested_grid(runs_dir: Path) -> dict[str, list]:
 
 def build_cells(runs: list[Run], grid: dict) -> tuple[list[str], list[int], dict]:
     multi_model = len({r.model for r in runs}) > 1
-    series_of = (lambda r: f"{r.model}/{r.norm}") if multi_model else (lambda r: r.norm)
+    series_of = (lambda r: f"{r.model}/{r.label}") if multi_model else (lambda r: r.label)
     series = {series_of(r) for r in runs}
     if not multi_model:
         series |= set(grid.get("norm", []))
@@ -148,8 +164,13 @@ def build_cells(runs: list[Run], grid: dict) -> tuple[list[str], list[int], dict
     seeds = len(grid["seed"]) if "seed" in grid else max(
         (len({r.seed for r in runs if r.batch_size == b and series_of(r) == s}) for s in series for b in batch_sizes),
         default=1)
-    order = sorted(series, key=lambda s: (s.rsplit("/", 1)[0] if "/" in s else "",
-                                          NORM_ORDER.index(s.rsplit("/", 1)[-1]) if s.rsplit("/", 1)[-1] in NORM_ORDER else 99, s))
+    def sort_key(s):
+        model, _, label = s.rpartition("/")
+        norm, _, variant = label.partition(" (")
+        number = int("".join(filter(str.isdigit, variant)) or 0)  # ghost 2 before ghost 16
+        return model, NORM_ORDER.index(norm) if norm in NORM_ORDER else 99, variant.rstrip(")0123456789"), number, s
+
+    order = sorted(series, key=sort_key)
     cells = {}
     for s, b in itertools.product(order, batch_sizes):
         cell_runs = [r for r in runs if series_of(r) == s and r.batch_size == b]
@@ -280,7 +301,7 @@ def write_html(path: Path, title: str, order, batch_sizes, cells, best, runs):
 
     problems = [r for r in runs if r.status != "completed"]
     problem_list = "".join(
-        f"<li>{html.escape(r.norm)} batch {r.batch_size} seed {r.seed}: <b>{html.escape(r.status)}</b>"
+        f"<li>{html.escape(r.label)} batch {r.batch_size} seed {r.seed}: <b>{html.escape(r.status)}</b>"
         f"{' — ' + html.escape(r.error) if r.error else ''} <code>{html.escape(str(r.path))}</code></li>" for r in problems)
     path.write_text(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -26,7 +26,17 @@ NOT_IDENTITY = (
     "hydra", "logger", "experiment_name", "progress_bar", "progress_bar_refresh", "checkpoint",
     "data.root", "data.download", "data.num_workers", "data.system_dir",
     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
+    "num_threads",
 )
+# Keys added after runs had been named, left out of the identity while they hold the value
+# that trains what runs trained before the key existed; so relaunching an older sweep still
+# finds its runs. Any other value is part of the identity.
+NEUTRAL_WHEN_ABSENT = {
+    "norm.sync": False,
+    "trainer.num_nodes": 1,
+    "trainer.strategy": "auto",
+    "data.pipeline": "memory",
+}
 SUMMARY_FILE = "summary.json"
 
 
@@ -40,6 +50,13 @@ def _identity_source(cfg) -> dict:
             node = node.get(p, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(leaf, None)
+    for dotted, neutral in NEUTRAL_WHEN_ABSENT.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
     return tree
 
 
@@ -55,8 +72,50 @@ def wandb_run_id(cfg) -> str:
     return hashlib.sha1(f"{cfg.experiment_name}/{identity(cfg)}".encode()).hexdigest()[:16]
 
 
+def slurm_gpus_per_node(devices):
+    """hydra/launcher=submitit_slurm asks SLURM for trainer.devices GPUs (and tasks) per node."""
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"hydra/launcher=submitit_slurm needs trainer.devices to be the number of GPUs per node "
+                         f"(a positive integer), got {devices!r}; e.g. trainer=ddp trainer.devices=4")
+    return devices
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("identity", lambda *, _root_: identity(_root_), replace=True)
+    OmegaConf.register_new_resolver("slurm_gpus_per_node", slurm_gpus_per_node, replace=True)
+
+
+# Set by Lightning's DDP launcher in the launching process. Left behind, LOCAL_RANK makes the
+# next run of a multirun believe its processes were started externally, and it waits forever.
+DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def ddp_launch_environment() -> dict:
+    return {var: os.environ.get(var) for var in DDP_LAUNCH_ENV}
+
+
+def end_ddp(saved_environment: dict | None) -> None:
+    """After a run: end its process group (Lightning keeps it until exit, and the next run of a
+    multirun in this process must start its own with its own child processes) and give the
+    launching process back the environment it had before Lightning's launcher changed it.
+    (Here rather than in train.py: joblib pickles train.py's functions by value, and code that
+    names torch.distributed there drags in torch.distributed.config, which cannot be pickled.)"""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for var, value in (saved_environment or {}).items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0 by what its launcher set, known before any Trainer
+    exists: False in the processes Lightning's DDP launcher starts (LOCAL_RANK > 0), on the
+    other nodes of a multi-node run (NODE_RANK > 0) and in SLURM / torchrun tasks but the first."""
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
 
 
 # ---------------------------------------------------------------------------------------

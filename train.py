@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger
@@ -40,6 +40,11 @@ tracking.register_resolvers()  # ${identity:} in conf/hydra/default.yaml
 
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+# conf/hydra/launcher/submitit_slurm.yaml replaces the plugin's config of the same name on purpose.
+warnings.filterwarnings("ignore", message=r"(?s).*'hydra/launcher/submitit_slurm' is validated against ConfigStore schema")
+# val/* and test/* are summed over every DDP process in _eval_end before they are logged;
+# train/* epoch values are global rank 0's share (syncing them would all-reduce every step).
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|train)/")
 
 
 class Diverged(RuntimeError):
@@ -60,7 +65,7 @@ class Classifier(pl.LightningModule):
         self.net, self.optim_cfg, self.lr = net, optim, lr
         self.history: list[dict] = []  # one row per completed epoch; kept in checkpoints
         self.fit_seconds = 0.0  # time spent in fit by earlier attempts of this run
-        self._eval = {"correct": 0, "loss": 0.0, "count": 0}
+        self._eval = None  # (loss sum, correct, count) of the split being evaluated, on the device
 
     def forward(self, x):
         return self.net(x)
@@ -69,27 +74,32 @@ class Classifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        # Checked when the loss is logged anyway, so a GPU is not synchronised every step.
-        if batch_idx % self.trainer.log_every_n_steps == 0 and not torch.isfinite(loss):
-            raise Diverged(f"training loss is {loss.item()} at step {self.global_step}")
+        # Checked when the loss is logged anyway, so a GPU is not synchronised every step; every
+        # DDP process takes the same decision, so none is left waiting for the others.
+        if batch_idx % self.trainer.log_every_n_steps == 0:
+            if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+                raise Diverged(f"training loss is {loss.item()} at step {self.global_step}")
         acc = (logits.argmax(1) == y).float().mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
-    # Evaluation sums exact counts over the whole split rather than averaging batch means.
+    # Evaluation sums exact counts over the whole split (over every DDP process) rather than
+    # averaging batch means; the sums stay on the device until the end of the split.
     def _eval_step(self, batch):
         x, y = batch
         logits = self(x)
-        self._eval["loss"] += F.cross_entropy(logits, y, reduction="sum").item()
-        self._eval["correct"] += (logits.argmax(1) == y).sum().item()
-        self._eval["count"] += len(y)
+        sums = torch.stack([F.cross_entropy(logits, y, reduction="sum").float(),
+                            (logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=y.device)])
+        self._eval = sums if self._eval is None else self._eval + sums
 
     def _eval_end(self, split: str) -> dict:
-        n = max(self._eval["count"], 1)
-        result = {f"{split}/loss": self._eval["loss"] / n, f"{split}/acc": self._eval["correct"] / n}
-        self._eval = {"correct": 0, "loss": 0.0, "count": 0}
+        sums = self._eval if self._eval is not None else torch.zeros(3, device=self.device)
+        self._eval = None
+        loss, correct, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        n = max(count, 1)
+        result = {f"{split}/loss": loss / n, f"{split}/acc": correct / n}
         self.log_dict(result)
         return result
 
@@ -162,7 +172,8 @@ class EpochReport(pl.Callback):
         loss = trainer.callback_metrics.get("train/loss_epoch")
         if loss is not None and not torch.isfinite(loss):
             raise Diverged(f"mean training loss of epoch {trainer.current_epoch + 1} is {float(loss)}")
-        ips = self.images / max((self.t1 or time.perf_counter()) - self.t0, 1e-9)
+        # every process trains on as many images as this one
+        ips = self.images * trainer.world_size / max((self.t1 or time.perf_counter()) - self.t0, 1e-9)
         pl_module.log("train/images_per_second", ips)
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         row = pl_module.history[-1] if pl_module.history else {}
@@ -237,6 +248,7 @@ class StopOnSignal(pl.Callback):
 # ---------------------------------------------------------------------------------------
 # W&B: online when possible, offline otherwise, never hanging or failing the run
 # ---------------------------------------------------------------------------------------
+BATCH_KEYS = ("per_device_batch_size", "world_size", "optimization_batch_size", "normalization_batch_size")
 EPOCH_METRICS = ("train/loss_epoch", "train/acc", "train/images_per_second", "val/loss", "val/acc")
 
 
@@ -308,6 +320,39 @@ def make_trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list,
     return pl.Trainer(**kwargs, **fixed, logger=loggers, callbacks=callbacks, default_root_dir=str(out_dir))
 
 
+def normalization_batch(cfg: DictConfig, world_size: int) -> int:
+    """How many samples a norm's statistics average over: bn the per-device batch, its virtual
+    batches, or (norm.sync) the batches of all processes; the other norms one sample."""
+    if cfg.norm.kind != "bn":
+        return 1
+    if cfg.norm.get("sync"):
+        return cfg.data.batch_size * world_size
+    return min(cfg.norm.get("virtual_batch_size") or cfg.data.batch_size, cfg.data.batch_size)
+
+
+def set_threads(cfg: DictConfig, hydra_cfg) -> None:
+    """num_threads=auto: torch's default for one run; under hydra/launcher=joblib the cores
+    shared among the n_jobs parallel jobs; under a submitit launcher its cpus_per_task. Runs in
+    parallel that each take every core slow down many times over (measured: 1 epoch of a
+    small run took 77 s instead of ~3 s with two 2-thread jobs on 2 cores)."""
+    threads = cfg.num_threads
+    if threads == "auto":
+        launcher = hydra_cfg.get("launcher") or {}
+        target = str(launcher.get("_target_", ""))
+        if "joblib" in target and launcher.get("n_jobs"):
+            cores = os.cpu_count() or 1
+            n_jobs = launcher.n_jobs
+            n_jobs = cores if n_jobs < 0 else min(n_jobs, cores)  # joblib: -1 means one job per core
+            threads = max(1, cores // n_jobs)
+        elif "submitit" in target and launcher.get("cpus_per_task"):
+            threads = launcher.cpus_per_task
+        else:
+            return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"num_threads must be a positive integer or auto, got {threads!r}")
+    torch.set_num_threads(threads)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject impossible values before anything is loaded or trained, naming what was typed."""
     def positive(key, value, kind=numbers.Real):
@@ -321,15 +366,37 @@ def check_config(cfg: DictConfig) -> None:
     positive("trainer.max_epochs", cfg.trainer.max_epochs, numbers.Integral)
     if cfg.optim.lr_scaling not in LR_SCALINGS:
         raise ValueError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {cfg.optim.lr_scaling!r}")
+    if cfg.trainer.get("sync_batchnorm"):
+        raise ValueError("trainer.sync_batchnorm=true would convert NormLab's bn layers to nn.SyncBatchNorm, which "
+                         "loses the ViT token layout and ghost batches and refuses CPU tensors; use norm.sync=true")
     if cfg.norm.kind == "bn" and cfg.data.batch_size == 1:
         raise ValueError("norm=bn with data.batch_size=1: batch statistics of one sample per device are "
                          "undefined; use a batch size of at least 2, or ln, in or gn")
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
-    """Train and test one configuration; returns the summary written to out_dir/summary.json."""
+def ddp_children_run_this_job(out_dir: Path) -> None:
+    """Make the processes Lightning's DDP launcher starts train this job, in this directory.
+
+    Lightning starts them by re-running this script with `sys.argv` plus
+    `hydra.run.dir=<HydraConfig run.dir>`. Under `-m` that argv is the whole sweep (each child
+    would start a multirun of its own), and the run dir template is not the sweep job's
+    directory. So the children get this job's overrides and this job's directory.
+    """
+    hydra_cfg = HydraConfig.instance().cfg.hydra
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with open_dict(hydra_cfg), read_write(hydra_cfg):
+        hydra_cfg.run.dir = str(out_dir)
+
+
+def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
+    """Train and test one configuration; returns the summary written to out_dir/summary.json.
+
+    In every DDP process but global rank 0 (`rank_zero=False`) it trains its share and writes
+    nothing: no summary, no CSV or W&B run, no checkpoint.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    launch_env = tracking.ddp_launch_environment()
     summary = {
         "status": "running", "norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name,
         "batch_size": cfg.data.batch_size, "seed": cfg.seed, "epochs": cfg.trainer.max_epochs,
@@ -349,7 +416,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         net = models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
         summary["num_params"] = sum(p.numel() for p in net.parameters())
 
-        if cfg.logger.get("wandb") is not None:
+        if cfg.logger.get("wandb") is not None and rank_zero:
             wandb_logger = make_wandb_logger(cfg, out_dir)
         # Resume a run that stopped part-way: from its last checkpoint, keeping its logs.
         ckpt = out_dir / "checkpoints" / "last.ckpt"
@@ -357,12 +424,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if ckpt.is_file():
             resume_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
             summary["resumed_from"] = {"checkpoint": str(ckpt), "global_step": resume_step}
-            print(f"resuming {cfg.run_name} from {ckpt} (step {resume_step})", flush=True)
+            if rank_zero:
+                print(f"resuming {cfg.run_name} from {ckpt} (step {resume_step})", flush=True)
         else:
             ckpt = None
-        csv_logger = tracking.ResumableCSVLogger(out_dir, resume_step)
-        loggers = [csv_logger] + ([wandb_logger] if wandb_logger else [])
-        summary["csv_log"] = str(Path(csv_logger.log_dir) / "metrics.csv")
+        loggers = []
+        if rank_zero:
+            csv_logger = tracking.ResumableCSVLogger(out_dir, resume_step)
+            loggers = [csv_logger] + ([wandb_logger] if wandb_logger else [])
+            summary["csv_log"] = str(Path(csv_logger.log_dir) / "metrics.csv")
         if wandb_logger:
             summary["wandb"] = {"id": wandb_logger.experiment.id, "dir": str(Path(wandb_logger.experiment.dir).parent),
                                 "mode": wandb_logger.experiment.settings.mode}
@@ -378,15 +448,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         # The learning rate follows the optimisation batch (per device x devices x accumulation).
         opt_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
         lr = cfg.optim.lr * LR_SCALINGS[cfg.optim.lr_scaling](opt_batch / cfg.optim.base_batch_size)
-        # What a norm averages over: bn the per-device batch (or its virtual batches); the
-        # others one sample.
-        norm_batch = (cfg.norm.get("virtual_batch_size") or cfg.data.batch_size) if cfg.norm.kind == "bn" else 1
-        summary.update(lr=lr, base_lr=cfg.optim.lr, optimization_batch_size=opt_batch,
-                       normalization_batch_size=min(norm_batch, cfg.data.batch_size),
+        summary.update(lr=lr, base_lr=cfg.optim.lr, per_device_batch_size=cfg.data.batch_size, torch_threads=torch.get_num_threads(),
+                       world_size=trainer.world_size, optimization_batch_size=opt_batch,
+                       normalization_batch_size=normalization_batch(cfg, trainer.world_size),
                        accelerator=trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower(),
                        precision=str(trainer.precision))
+        if wandb_logger:  # the three batch sizes, to group and filter by in the W&B workspace
+            wandb_logger.experiment.config.update({k: summary[k] for k in BATCH_KEYS}, allow_val_change=True)
         module = Classifier(net, cfg.optim, lr)
 
+        if trainer.world_size > 1 and rank_zero and HydraConfig.initialized():
+            ddp_children_run_this_job(out_dir)
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
         summary["train_seconds"] = module.fit_seconds + module._fit_elapsed()
         test = trainer.test(module, datamodule=dm, verbose=False)[0]
@@ -422,7 +494,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     finally:
         summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         summary["wall_seconds"] = time.time() - started
-        tracking.write_json(out_dir / tracking.SUMMARY_FILE, summary)
+        if rank_zero:
+            tracking.write_json(out_dir / tracking.SUMMARY_FILE, summary)
+        tracking.end_ddp(launch_env if rank_zero else None)
         if wandb_logger is not None:
             import wandb
 
@@ -435,12 +509,29 @@ USER_ERRORS = (ValueError, FileNotFoundError, OmegaConfBaseException, Instantiat
 FAILED_RUNS: list[str] = []  # jobs of a multirun that failed, reported when the sweep ends
 
 
+def train_other_rank(cfg: DictConfig, out_dir: Path) -> None:
+    """A DDP process other than global rank 0 (started by Lightning's launcher, or a SLURM or
+    torchrun task): trains its share; rank 0 holds the run lock and writes every output."""
+    done = tracking.read_summary(out_dir)
+    if done and done.get("status") == "completed":
+        return None  # rank 0 (a SLURM task like this one) skips it too
+    run(cfg, out_dir, rank_zero=False)
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     tracking.scrub_files((out_dir / hydra_cfg.output_subdir).glob("*.yaml") if hydra_cfg.output_subdir else [])
+    try:
+        set_threads(cfg, hydra_cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if not tracking.is_global_zero():
+        return train_other_rank(cfg, out_dir)
     with tracking.RunLock(out_dir) as lock:
         if not lock.acquired:
             # Another launcher on the same sweep directory is training this run right now.

@@ -12,7 +12,7 @@ WANDB = str(Path(sys.executable).with_name("wandb"))
 def clean_env(**extra) -> dict:
     """The environment of a user with no W&B login: no key, no mode forced."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1", **extra)
+    env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1", **extra})
     return env
 
 

@@ -5,10 +5,12 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+import torch
+
 import data
 import models
 import tracking
-import train  # noqa: F401 - registers the ${identity:} resolver
+import train  # registers the ${identity:} resolver
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -25,7 +27,7 @@ def sweeper_grid(cfg) -> dict:
 
 
 def test_the_recipes_exist():
-    assert {"norm_vs_batch", "norm_vs_batch_vit", "quick"} <= set(EXPERIMENTS)
+    assert {"norm_vs_batch", "norm_vs_batch_vit", "quick", "norm_batch_vs_opt_batch"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -33,12 +35,36 @@ def test_recipe_composes_and_every_grid_point_builds(hydra_conf, name):
     cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
     assert cfg.experiment_name == name
     grid = sweeper_grid(cfg)
-    assert grid["norm"] == ["bn", "ln", "in", "gn"]
     assert [int(b) for b in grid["data.batch_size"]] == sorted(int(b) for b in grid["data.batch_size"])
-    for norm in grid["norm"]:
+    for norm in grid.get("norm", [cfg.norm.kind]):
         point = compose("config", overrides=[f"experiment={name}", f"norm={norm}"])
         dm = data.build(point.data)
         models.build(point.model, point.norm, dm.in_channels, dm.num_classes, dm.image_size)  # gn groups divide
+
+
+def test_norm_batch_vs_opt_batch_holds_one_batch_while_varying_the_other(hydra_conf):
+    cfg = compose("config", overrides=["experiment=norm_batch_vs_opt_batch"], return_hydra_config=True)
+    grid = sweeper_grid(cfg)
+    ghost, batch = [int(k) for k in grid["norm.virtual_batch_size"]], [int(n) for n in grid["data.batch_size"]]
+    assert cfg.norm.kind == "bn" and len(ghost) > 1 and len(batch) > 1
+    # every cell is distinct: each virtual batch splits every batch, and is smaller than it or equal
+    assert all(n % k == 0 and k <= n for k in ghost for n in batch)
+    for k in ghost:  # and each point trains: a batch of N goes through bn in virtual batches of k
+        point = compose("config", overrides=["experiment=norm_batch_vs_opt_batch", f"norm.virtual_batch_size={k}",
+                                             f"data.batch_size={batch[0]}"])
+        assert train.normalization_batch(point, world_size=1) == k
+        net = models.build(point.model, point.norm, 1, 10, 28).train()
+        assert net(torch.randn(batch[0], 1, 28, 28)).shape == (batch[0], 10)
+
+
+def test_identity_of_configs_from_before_a_key_existed_is_unchanged(hydra_conf):
+    """norm.sync and trainer.num_nodes arrived after runs had been named: at their neutral values
+    they leave the identity as it was, so a relaunched older sweep still finds its runs."""
+    cfg = compose("config", overrides=["data=synthetic", "trainer=ddp_cpu"])
+    older = compose("config", overrides=["data=synthetic", "trainer=ddp_cpu", "~norm.sync", "~trainer.num_nodes"])
+    assert tracking.identity(cfg) == tracking.identity(older)
+    for change in ("norm.sync=true", "trainer.num_nodes=2"):
+        assert tracking.identity(compose("config", overrides=["data=synthetic", "trainer=ddp_cpu", change])) != tracking.identity(cfg)
 
 
 def test_gn_paper_protocol_in_norm_vs_batch(hydra_conf):

@@ -183,6 +183,7 @@ def _assert_logged_once(run_dir: Path):
     assert sorted(_wandb_epochs(run_dir)) == [0, 1, 2]
 
 
+@pytest.mark.slow  # ~40 s; SIGTERM + relaunch (in make test) covers resuming too
 def test_kill_9_mid_epoch_then_relaunch_resumes_and_logs_each_epoch_once(tmp_path):
     run_dir = tmp_path / "run"
     proc = _launch(run_dir, "checkpoint.every_n_steps=20")
@@ -230,6 +231,7 @@ def test_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "diverged 1/" in (sweep / "report" / "results.md").read_text()
 
 
+@pytest.mark.slow  # ~20 s of two concurrent sweeps
 def test_two_launchers_never_train_the_same_run_twice(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "norm=bn,gn", "data=synthetic", "data.train_size=256", "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}"]
