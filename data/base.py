@@ -1,8 +1,15 @@
 """An image-classification DataModule that holds the whole data set in memory as uint8.
 
-Images are stored as uint8 (N, C, H, W) tensors; batches are augmented and normalized after
-they reach the device (`on_after_batch_transfer`), so there is no per-sample PIL decoding and
-no worker process between the data and the next step.
+Two pipelines (`data.pipeline`):
+- "memory" (default): images are uint8 (N, C, H, W) tensors; batches are augmented and
+  normalized after they reach the device (`on_after_batch_transfer`), so there is no
+  per-sample PIL decoding and no worker process between the data and the next step.
+- "dataloader": torchvision's classic per-sample path, for comparison and for data that does
+  not fit in memory: each image becomes a PIL image and goes through torchvision transforms
+  (RandomCrop with padding, RandomHorizontalFlip, ToTensor, Normalize) in `data.num_workers`
+  worker processes.
+Both see the same images in the same order (the same shuffling generator); the random crops
+and flips are drawn from different generators.
 """
 from __future__ import annotations
 
@@ -10,9 +17,27 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 DEFAULT_ROOT = Path.home() / ".cache" / "normlab" / "data"  # where downloaded or unpacked data sets go
+PIPELINES = ("memory", "dataloader")
+
+
+class PILImages(Dataset):
+    """uint8 (N, C, H, W) images served one at a time as PIL images through torchvision transforms."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = self.x[i].permute(1, 2, 0).numpy()
+        img = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)
+        return self.transform(img), self.y[i]
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool) -> torch.Tensor:
@@ -45,8 +70,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 32, eval_batch_size: int = 256, val_size: int = 5000,
                  train_subset: int | None = None, augment: bool = True, split_seed: int = 0,
-                 num_workers: int = 0):
+                 num_workers: int = 0, pipeline: str = "memory"):
         super().__init__()
+        if pipeline not in PIPELINES:
+            raise ValueError(f"unknown data.pipeline {pipeline!r}; valid pipelines: {', '.join(PIPELINES)}")
+        self.pipeline = pipeline
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
@@ -76,11 +104,21 @@ class ImageDataModule(pl.LightningDataModule):
                 f"data.batch_size={self.batch_size} is larger than the training set ({len(train_idx)} "
                 "images): with drop_last=True no training batch would remain"
             )
-        self._splits = {
-            "train": TensorDataset(train_x[train_idx], train_y[train_idx]),
-            "val": TensorDataset(train_x[val_idx], train_y[val_idx]),
-            "test": TensorDataset(test_x, test_y),
-        }
+        splits = {"train": (train_x[train_idx], train_y[train_idx]), "val": (train_x[val_idx], train_y[val_idx]),
+                  "test": (test_x, test_y)}
+        if self.pipeline == "memory":
+            self._splits = {k: TensorDataset(*v) for k, v in splits.items()}
+        else:
+            self._splits = {k: PILImages(*v, self._transform(train=k == "train")) for k, v in splits.items()}
+
+    def _transform(self, train: bool):
+        from torchvision import transforms as T
+
+        steps = []
+        if train and self.augment:
+            steps += [T.RandomCrop(self.image_size, padding=self.crop_padding)] if self.crop_padding else []
+            steps += [T.RandomHorizontalFlip()] if self.hflip else []
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def split_sizes(self) -> dict[str, int]:
         self.setup()
@@ -101,6 +139,8 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("test", self.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.pipeline != "memory":
+            return batch  # augmented and normalized per sample by the workers
         x, y = batch
         x = x.float().div_(255)
         if self.augment and self.trainer is not None and self.trainer.training:

@@ -141,3 +141,49 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
 def test_unknown_data_set_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown data set 'mnist'; valid data sets: cifar10, cifar100, fashion_mnist, synthetic"):
         data.build({"name": "mnist"})
+
+
+# ---------------------------------------------------------------------------------------
+# data.pipeline=dataloader: torchvision's per-sample path, same images, same order
+# ---------------------------------------------------------------------------------------
+class _Augmented(data.SyntheticDataModule):
+    crop_padding, hflip = 2, True
+
+
+def _first_batch(dm):
+    batch = next(iter(dm.train_dataloader()))
+    return dm.on_after_batch_transfer(batch, 0)
+
+
+def test_dataloader_pipeline_without_augmentation_gives_the_memory_pipelines_batches():
+    batches = {}
+    for pipeline in data.base.PIPELINES:
+        torch.manual_seed(0)  # the shuffling generator
+        batches[pipeline] = _first_batch(data.build({"name": "synthetic", "batch_size": 16, "augment": False,
+                                                     "pipeline": pipeline}))
+    (xm, ym), (xd, yd) = batches["memory"], batches["dataloader"]
+    assert torch.equal(ym, yd)
+    assert xd.dtype == xm.dtype == torch.float32 and xd.shape == xm.shape == (16, 3, 16, 16)
+    torch.testing.assert_close(xd, xm)
+
+
+def test_dataloader_pipeline_augments_each_image_with_a_crop_and_flip_of_its_own():
+    dm = _Augmented(batch_size=64, pipeline="dataloader")
+    torch.manual_seed(0)
+    x, y = _first_batch(dm)
+    # undo the normalization, and find each training image among the crops/flips of the originals
+    images = (x * torch.tensor(dm.std).view(1, -1, 1, 1) + torch.tensor(dm.mean).view(1, -1, 1, 1)) * 255
+    originals = dm._splits["train"].x.float()
+    padded = torch.nn.functional.pad(originals, (2, 2, 2, 2))
+    moved = 0
+    for img in images.round():
+        found = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)
+                 if any(torch.equal(img, (w.flip(2) if f else w)) for w in padded[:, :, dy:dy + 16, dx:dx + 16])]
+        assert found, "an augmented image is not a crop/flip of any training image"
+        moved += (2, 2, False) not in found
+    assert moved > 32  # most images were shifted or flipped
+
+
+def test_unknown_pipeline_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown data.pipeline 'disk'; valid pipelines: memory, dataloader"):
+        data.build({"name": "synthetic", "pipeline": "disk"})
