@@ -175,31 +175,32 @@ class _PerChannelAffine(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
 
-    def _affine(self, y):
-        if not self.affine:
-            return y
-        shape = [1] * y.dim()
-        shape[self.channel_dim] = self.num_channels
-        return y * self.weight.view(shape) + self.bias.view(shape)
-
     def extra_repr(self):
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
-class LayerNormCHW(_PerChannelAffine):
-    """ln over (C, H, W) per sample; not ConvNeXt's channels-only 'LayerNorm2d'."""
+class _SampleLayerNorm(_PerChannelAffine):
+    """ln over every axis but the batch, with per-channel gamma/beta passed to F.layer_norm as
+    stride-0 views of the full shape: one fused op that saves half the activations for
+    backward and runs faster than normalizing and then scaling (measured in BENCHMARKS.md)."""
 
     def forward(self, x):
-        return self._affine(F.layer_norm(x, x.shape[1:], eps=self.eps))
+        shape = x.shape[1:]
+        if not self.affine:
+            return F.layer_norm(x, shape, eps=self.eps)
+        view = [1] * len(shape)
+        view[self.channel_dim - 1 if self.channel_dim > 0 else self.channel_dim] = self.num_channels
+        return F.layer_norm(x, shape, self.weight.view(view).expand(shape), self.bias.view(view).expand(shape), self.eps)
 
 
-class LayerNormLC(_PerChannelAffine):
+class LayerNormCHW(_SampleLayerNorm):
+    """ln over (C, H, W) per sample; not ConvNeXt's channels-only 'LayerNorm2d'."""
+
+
+class LayerNormLC(_SampleLayerNorm):
     """ln over (L, C) per sample for (N, L, C) tokens (scope="sample")."""
 
     channel_dim = -1
-
-    def forward(self, x):
-        return self._affine(F.layer_norm(x, x.shape[1:], eps=self.eps))
 
 
 class TokenInstanceNorm(nn.InstanceNorm1d):
