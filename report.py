@@ -44,6 +44,7 @@ class Run:
     test_error: float | None = None  # percent
     best_epoch: int | None = None
     images_per_second: float | None = None
+    activation_mib: float | None = None
     history: list = field(default_factory=list)
     error: str | None = None
     variant: str = ""  # bn's statistics batch when it is not the per-device batch: "ghost 4", "sync"
@@ -113,6 +114,7 @@ def read_run(run_dir: Path) -> Run | None:
             run.test_error = 100 * (1 - summary["test_acc"])
         run.best_epoch = summary.get("best_epoch")
         run.images_per_second = summary.get("images_per_second")
+        run.activation_mib = summary.get("activation_mib")
         return run
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
@@ -225,13 +227,26 @@ def markdown_table(order, batch_sizes, cells, best) -> str:
             t = cell_text(cells[s, b])
             texts.append(f"**{t}** ★" if best.get(b) == s else t)
         rows.append(f"| {s} | " + " | ".join(texts) + " |")
-    detail = ["| norm | batch | seeds | best epoch | images/s | not completed |", "|---|---|---|---|---|---|"]
+    head, body = cost_rows(order, batch_sizes, cells)
+    detail = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|", *("| " + " | ".join(r) + " |" for r in body)]
+    return "\n".join(rows), "\n".join(detail)
+
+
+def cost_rows(order, batch_sizes, cells) -> tuple[list[str], list[list[str]]]:
+    """Accuracy beside what it costs: training images/s (and relative to bn at the same batch)
+    and the activation memory of one training batch, both measured by the runs themselves."""
+    head = ["norm", "batch", "test error (%)", "images/s", "× bn", "activation MiB", "seeds", "best epoch", "not completed"]
+    body = []
     for s, b in itertools.product(order, batch_sizes):
         c = cells[s, b]
-        detail.append(f"| {s} | {b} | {len(c.completed)}/{c.expected_seeds} | {_fmt(c.mean_of('best_epoch'), 1) or '—'} | "
-                      f"{_fmt(c.mean_of('images_per_second'), 0) or '—'} | "
-                      f"{', '.join(f'{k} {v}' for k, v in c.problems.items()) or '—'} |")
-    return "\n".join(rows), "\n".join(detail)
+        ips = c.mean_of("images_per_second")
+        model = s.rpartition("/")[0]
+        bn = [cells[o, b].mean_of("images_per_second") for o in order if o.rpartition("/") == (model, "/" if model else "", "bn")]
+        body.append([s, str(b), _fmt(c.mean_std()[0], 2) or "—", _fmt(ips, 0) or "—",
+                     f"{ips / bn[0]:.2f}" if ips and bn and bn[0] else "—", _fmt(c.mean_of("activation_mib"), 1) or "—",
+                     f"{len(c.completed)}/{c.expected_seeds}", _fmt(c.mean_of("best_epoch"), 1) or "—",
+                     ", ".join(f"{k} {v}" for k, v in c.problems.items()) or "—"])
+    return head, body
 
 
 def plot_batch_sensitivity(path: Path, order, batch_sizes, cells, title: str):
@@ -299,6 +314,11 @@ def write_html(path: Path, title: str, order, batch_sizes, cells, best, runs):
             body.append(f"<tr><th>{html.escape(s)}</th>{''.join(tds)}</tr>")
         return f'<table id="results"><tr><th>norm</th>{head}</tr>{"".join(body)}</table>'
 
+    def cost_table():
+        head, body = cost_rows(order, batch_sizes, cells)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in body)
+        return f'<table id="cost"><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{rows}</table>'
+
     problems = [r for r in runs if r.status != "completed"]
     problem_list = "".join(
         f"<li>{html.escape(r.label)} batch {r.batch_size} seed {r.seed}: <b>{html.escape(r.status)}</b>"
@@ -316,6 +336,8 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 batch size. Cells also count runs that failed, diverged, did not finish, or are missing from the requested grid.</p>
 <h2>Batch-size sensitivity</h2><img id="batch_sensitivity" src="batch_sensitivity.png" alt="test error vs batch size">
 <h2>Results</h2>{table()}
+<h2>What each norm costs</h2><p>Training images/s (× bn: relative to bn at the same batch size) and the activation
+memory one training batch keeps for backward, measured by the runs themselves.</p>{cost_table()}
 <h2>Convergence</h2><img id="convergence" src="convergence.png" alt="validation error and training loss vs epoch">
 <h2>Runs that did not complete</h2><ul>{problem_list or '<li>none</li>'}</ul>
 <p>Also as <a href="results.md">results.md</a> and <a href="results.csv">results.csv</a>.</p>

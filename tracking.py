@@ -26,7 +26,7 @@ NOT_IDENTITY = (
     "hydra", "logger", "experiment_name", "progress_bar", "progress_bar_refresh", "checkpoint",
     "data.root", "data.download", "data.num_workers", "data.system_dir",
     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
-    "num_threads",
+    "num_threads", "perf",
 )
 # Keys added after runs had been named, left out of the identity while they hold the value
 # that trains what runs trained before the key existed; so relaunching an older sweep still

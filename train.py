@@ -60,30 +60,72 @@ LR_SCALINGS = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
 class Classifier(pl.LightningModule):
     """Cross-entropy classification with SGD/AdamW and a warmup + cosine schedule."""
 
-    def __init__(self, net: torch.nn.Module, optim: DictConfig, lr: float):
+    def __init__(self, net: torch.nn.Module, optim: DictConfig, lr: float, channels_last: bool = False,
+                 compile: bool = False):
         super().__init__()
         self.net, self.optim_cfg, self.lr = net, optim, lr
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        # Compiled forward, kept out of the module tree so checkpoints hold the plain net's keys
+        # (a compiled and a plain run resume from each other's checkpoints).
+        object.__setattr__(self, "_net_fn", torch.compile(self.net) if compile else self.net)
         self.history: list[dict] = []  # one row per completed epoch; kept in checkpoints
         self.fit_seconds = 0.0  # time spent in fit by earlier attempts of this run
         self._eval = None  # (loss sum, correct, count) of the split being evaluated, on the device
+        self._train = None  # the same for the training epoch so far
+        self._show_progress = False
+        self._logged_step = None
 
     def forward(self, x):
-        return self.net(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._net_fn(x)
 
+    # Per-step bookkeeping stays on the device: the epoch's loss and accuracy are sums added to
+    # on the device and read once per epoch (finish_train_epoch); the step curve is read and
+    # written to the loggers every trainer.log_every_n_steps steps. Lightning's self.log costs
+    # about 1 ms of Python per call (it moves its whole result collection to the value's
+    # device each time), which at batch 2 on a CPU is a large share of a step.
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        # Checked when the loss is logged anyway, so a GPU is not synchronised every step; every
-        # DDP process takes the same decision, so none is left waiting for the others.
-        if batch_idx % self.trainer.log_every_n_steps == 0:
-            if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
-                raise Diverged(f"training loss is {loss.item()} at step {self.global_step}")
-        acc = (logits.argmax(1) == y).float().mean()
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        with torch.no_grad():
+            sums = torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float(),
+                                torch.tensor(float(len(y)), device=y.device)])
+            self._train = sums if self._train is None else self._train + sums
+        step = self.global_step
+        if (step + 1) % self.trainer.log_every_n_steps == 0 and step != self._logged_step:  # Lightning's logging steps
+            self._logged_step = step  # once per optimizer step, with gradient accumulation too
+            self._log_step(loss)
+        if self._show_progress:
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
+
+    def _log_step(self, loss):
+        # Every DDP process takes the same decision, so none is left waiting for the others.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            raise Diverged(f"training loss is {loss.item()} at step {self.global_step}")
+        metrics = {"train/loss_step": loss.item(), "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+                   "epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+
+    def on_train_start(self):
+        bar = self.trainer.progress_bar_callback
+        self._show_progress = bar is not None and bar.is_enabled
+
+    def on_train_epoch_start(self):
+        self._train = None
+
+    def finish_train_epoch(self) -> dict:
+        """The epoch's mean training loss and accuracy over every process, logged; one sync."""
+        sums = self._train if self._train is not None else torch.zeros(3, device=self.device)
+        loss, correct, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        result = {"train/loss_epoch": loss / max(count, 1), "train/acc": correct / max(count, 1)}
+        self.log_dict(result)
+        return result
 
     # Evaluation sums exact counts over the whole split (over every DDP process) rather than
     # averaging batch means; the sums stay on the device until the end of the split.
@@ -169,13 +211,13 @@ class EpochReport(pl.Callback):
             self.t1 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        loss = trainer.callback_metrics.get("train/loss_epoch")
-        if loss is not None and not torch.isfinite(loss):
-            raise Diverged(f"mean training loss of epoch {trainer.current_epoch + 1} is {float(loss)}")
+        train = pl_module.finish_train_epoch()
+        if not math.isfinite(train["train/loss_epoch"]):
+            raise Diverged(f"mean training loss of epoch {trainer.current_epoch + 1} is {train['train/loss_epoch']}")
         # every process trains on as many images as this one
         ips = self.images * trainer.world_size / max((self.t1 or time.perf_counter()) - self.t0, 1e-9)
         pl_module.log("train/images_per_second", ips)
-        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()} | train
         row = pl_module.history[-1] if pl_module.history else {}
         row.update({"train/loss": m.get("train/loss_epoch"), "train/acc": m.get("train/acc"), "images_per_second": ips})
         if trainer.is_global_zero:
@@ -313,11 +355,22 @@ def resolve_precision(precision):
 def make_trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list, **fixed) -> pl.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"))
+    kwargs.setdefault("benchmark", cfg.perf.cudnn_benchmark)  # trainer.benchmark, if given, wins
     valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks", *fixed}
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise ValueError(f"unknown Trainer argument(s) {unknown}; valid: {', '.join(sorted(valid))}")
     return pl.Trainer(**kwargs, **fixed, logger=loggers, callbacks=callbacks, default_root_dir=str(out_dir))
+
+
+def activation_mib(net: torch.nn.Module, dm, batch_size: int) -> float:
+    """What a training batch's activations cost (models.activation_bytes), in MiB, measured on
+    a copy of the model (bn's running statistics untouched) without drawing from the run's RNG."""
+    import copy
+
+    with torch.random.fork_rng(devices=[]):
+        x = torch.randn(batch_size, dm.in_channels, dm.image_size, dm.image_size)
+        return models.activation_bytes(copy.deepcopy(net).train(), x) / 2**20
 
 
 def normalization_batch(cfg: DictConfig, world_size: int) -> int:
@@ -415,6 +468,7 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
         dm.setup()  # reads and checks the data files now, before anything else starts
         net = models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
         summary["num_params"] = sum(p.numel() for p in net.parameters())
+        summary["activation_mib"] = activation_mib(net, dm, cfg.data.batch_size)
 
         if cfg.logger.get("wandb") is not None and rank_zero:
             wandb_logger = make_wandb_logger(cfg, out_dir)
@@ -455,7 +509,7 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
                        precision=str(trainer.precision))
         if wandb_logger:  # the three batch sizes, to group and filter by in the W&B workspace
             wandb_logger.experiment.config.update({k: summary[k] for k in BATCH_KEYS}, allow_val_change=True)
-        module = Classifier(net, cfg.optim, lr)
+        module = Classifier(net, cfg.optim, lr, channels_last=cfg.perf.channels_last, compile=cfg.perf.compile)
 
         if trainer.world_size > 1 and rank_zero and HydraConfig.initialized():
             ddp_children_run_this_job(out_dir)

@@ -66,3 +66,26 @@ def _check_groups(ctor, kwargs, options, groups) -> None:
             f"{f' (and {len(bad) - 1} more layers)' if len(bad) > 1 else ''}; "
             f"group counts that divide every layer of this model: {common}"
         )
+
+
+def activation_bytes(net: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps for backward in one training forward of x.
+
+    The activation memory a training step holds from its forward to its backward: the part of a
+    step's memory that differs between norms. Counted by storage, so a tensor saved by two
+    autograd nodes, or a view of it, counts once; parameters and buffers are left out.
+    """
+    own = {t.untyped_storage().data_ptr() for t in (*net.parameters(), *net.buffers())}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x)
+    del out  # the graph, and what it saved, goes with it
+    return sum(storages.values())
+

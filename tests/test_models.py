@@ -113,3 +113,45 @@ def test_gn_group_check_does_not_change_the_initialisation():
     without = models.build(MODELS["resnet20"], {"kind": "ln"}, 3, 10, 16)  # ln: no probe
     conv = lambda net: [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]  # noqa: E731
     assert all(torch.equal(a, b) for a, b in zip(conv(with_check), conv(without), strict=True))
+
+
+# ---------------------------------------------------------------------------------------
+# Speed options (perf.*) change how a step runs, not what it computes
+# ---------------------------------------------------------------------------------------
+def test_channels_last_classifier_computes_what_the_plain_one_does():
+    import copy
+
+    from omegaconf import OmegaConf
+
+    import train
+
+    torch.manual_seed(0)
+    net = models.build({"name": "resnet20", "arch": "cifar_resnet", "depth": 8, "width": 8}, {"kind": "bn"}, 3, 10, 16)
+    optim = OmegaConf.create({"weight_decay_norm": True})
+    plain = train.Classifier(copy.deepcopy(net), optim, 0.1)
+    nhwc = train.Classifier(copy.deepcopy(net), optim, 0.1, channels_last=True)
+    assert nhwc.net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(nhwc(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_classifier_keeps_the_plain_checkpoint_keys():
+    from omegaconf import OmegaConf
+
+    import train
+
+    net = models.build({"name": "resnet20", "arch": "cifar_resnet", "depth": 8, "width": 8}, {"kind": "gn", "num_groups": 4},
+                       3, 10, 16)
+    compiled = train.Classifier(net, OmegaConf.create({}), 0.1, compile=True)  # compiles lazily: nothing runs here
+    assert list(compiled.state_dict()) == [f"net.{k}" for k in net.state_dict()]
+    assert compiled._net_fn is not net
+
+
+def test_activation_bytes_counts_what_backward_keeps():
+    # none keeps the conv inputs and relu outputs; bn adds its normalized input per layer
+    x = torch.randn(8, 3, 16, 16)
+    spec = {"name": "resnet20", "arch": "cifar_resnet", "depth": 8, "width": 8}
+    sizes = {kind: models.activation_bytes(models.build(spec, {"kind": kind, "num_groups": 4} if kind == "gn" else {"kind": kind},
+                                                         3, 10, 16).train(), x) for kind in ("none", "bn", "gn")}
+    assert 0 < sizes["none"] < sizes["bn"] and sizes["none"] < sizes["gn"]
+    assert sizes["bn"] >= x.numel() * 4  # at least the input of the first conv

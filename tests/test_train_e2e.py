@@ -90,3 +90,16 @@ def test_a_failing_run_says_failed_in_its_summary(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert "num_groups=5" in summary["error"]
+
+
+@pytest.mark.slow  # torch.compile on CPU takes about a minute
+def test_speed_options_do_not_change_the_result(tmp_path):
+    """perf.channels_last and perf.compile change how steps run, not what is trained: the same
+    run with and without them reaches the same accuracy (and has the same identity)."""
+    results = {}
+    for name, extra in (("plain", []), ("fast", ["perf.channels_last=true", "perf.compile=true"])):
+        run_train("data=synthetic", "model.width=8", "trainer.max_epochs=1", "logger=csv", *extra,
+                  f"hydra.run.dir={tmp_path / name}")
+        results[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    assert results["fast"]["identity"] == results["plain"]["identity"]
+    assert results["fast"]["test_acc"] == pytest.approx(results["plain"]["test_acc"], abs=1 / 256)
