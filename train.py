@@ -92,8 +92,9 @@ class Classifier(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         with torch.no_grad():
-            sums = torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float(),
-                                torch.tensor(float(len(y)), device=y.device)])
+            # new_full fills on the device; torch.tensor(n, device="cuda") would be a blocking copy
+            n = loss.new_full((), float(len(y)), dtype=torch.float32)
+            sums = torch.stack([loss.detach().float() * n, (logits.argmax(1) == y).sum().float(), n])
             self._train = sums if self._train is None else self._train + sums
         step = self.global_step
         if (step + 1) % self.trainer.log_every_n_steps == 0 and step != self._logged_step:  # Lightning's logging steps
@@ -132,8 +133,8 @@ class Classifier(pl.LightningModule):
     def _eval_step(self, batch):
         x, y = batch
         logits = self(x)
-        sums = torch.stack([F.cross_entropy(logits, y, reduction="sum").float(),
-                            (logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=y.device)])
+        loss = F.cross_entropy(logits, y, reduction="sum").float()
+        sums = torch.stack([loss, (logits.argmax(1) == y).sum().float(), loss.new_full((), float(len(y)))])
         self._eval = sums if self._eval is None else self._eval + sums
 
     def _eval_end(self, split: str) -> dict:

@@ -145,6 +145,14 @@ class ImageDataModule(pl.LightningDataModule):
         x = x.float().div_(255)
         if self.augment and self.trainer is not None and self.trainer.training:
             x = random_crop_flip(x, self.crop_padding, self.hflip)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._normalization(x.device)
         return (x - mean) / std, y
+
+    def _normalization(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as (1, C, 1, 1) tensors on `device`, made once: a tensor built from
+        Python values on a GPU is a blocking host-to-device copy, which every step would wait on."""
+        cached = getattr(self, "_norm_cache", None)
+        if cached is None or cached[0].device != device:
+            cached = tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+            self._norm_cache = cached
+        return cached
