@@ -450,7 +450,7 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    launch_env = tracking.ddp_launch_environment()
+    launch_env, argv = tracking.ddp_launch_environment(), list(sys.argv)
     summary = {
         "status": "running", "norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name,
         "batch_size": cfg.data.batch_size, "seed": cfg.seed, "epochs": cfg.trainer.max_epochs,
@@ -552,6 +552,7 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
         if rank_zero:
             tracking.write_json(out_dir / tracking.SUMMARY_FILE, summary)
         tracking.end_ddp(launch_env if rank_zero else None)
+        sys.argv = argv  # ddp_children_run_this_job rewrote it for this job's child processes
         if wandb_logger is not None:
             import wandb
 
