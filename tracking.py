@@ -44,20 +44,22 @@ def _identity_source(cfg) -> dict:
     keys = [k for k in cfg.keys() if k != "hydra"]  # resolving hydra.* here would recurse
     tree = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
     for dotted in NOT_IDENTITY:
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        node, leaf = _parent(tree, dotted)
+        node.pop(leaf, None)
     for dotted, neutral in NEUTRAL_WHEN_ABSENT.items():
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+        node, leaf = _parent(tree, dotted)
+        if leaf in node and node[leaf] == neutral:
             del node[leaf]
     return tree
+
+
+def _parent(tree: dict, dotted: str) -> tuple[dict, str]:
+    """The dict holding `dotted`'s last key (an empty one where the path does not exist)."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.get(p, {}) if isinstance(node, dict) else {}
+    return (node if isinstance(node, dict) else {}), leaf
 
 
 def identity(cfg) -> str:

@@ -57,6 +57,14 @@ LR_SCALINGS = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
 # ---------------------------------------------------------------------------------------
 # The LightningModule
 # ---------------------------------------------------------------------------------------
+def _add_sums(total, loss_sum, logits, y):
+    """total + (loss sum, correct, count) of a batch, all on the device. new_full fills on the
+    device; torch.tensor(n, device="cuda") would be a blocking host-to-device copy."""
+    loss_sum = loss_sum.float()
+    sums = torch.stack([loss_sum, (logits.argmax(1) == y).sum().float(), loss_sum.new_full((), float(len(y)))])
+    return sums if total is None else total + sums
+
+
 class Classifier(pl.LightningModule):
     """Cross-entropy classification with SGD/AdamW and a warmup + cosine schedule."""
 
@@ -92,10 +100,7 @@ class Classifier(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         with torch.no_grad():
-            # new_full fills on the device; torch.tensor(n, device="cuda") would be a blocking copy
-            n = loss.new_full((), float(len(y)), dtype=torch.float32)
-            sums = torch.stack([loss.detach().float() * n, (logits.argmax(1) == y).sum().float(), n])
-            self._train = sums if self._train is None else self._train + sums
+            self._train = _add_sums(self._train, loss.detach() * len(y), logits, y)
         step = self.global_step
         if (step + 1) % self.trainer.log_every_n_steps == 0 and step != self._logged_step:  # Lightning's logging steps
             self._logged_step = step  # once per optimizer step, with gradient accumulation too
@@ -120,31 +125,29 @@ class Classifier(pl.LightningModule):
     def on_train_epoch_start(self):
         self._train = None
 
-    def finish_train_epoch(self) -> dict:
-        """The epoch's mean training loss and accuracy over every process, logged; one sync."""
-        sums = self._train if self._train is not None else torch.zeros(3, device=self.device)
+    def _means(self, sums, loss_key: str, acc_key: str) -> dict:
+        """Mean loss and accuracy from (loss sum, correct, count) summed over every process, logged;
+        the one host-device sync of an epoch or split."""
+        sums = sums if sums is not None else torch.zeros(3, device=self.device)
         loss, correct, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
-        result = {"train/loss_epoch": loss / max(count, 1), "train/acc": correct / max(count, 1)}
+        result = {loss_key: loss / max(count, 1), acc_key: correct / max(count, 1)}
         self.log_dict(result)
         return result
+
+    def finish_train_epoch(self) -> dict:
+        """The epoch's mean training loss and accuracy over every process."""
+        return self._means(self._train, "train/loss_epoch", "train/acc")
 
     # Evaluation sums exact counts over the whole split (over every DDP process) rather than
     # averaging batch means; the sums stay on the device until the end of the split.
     def _eval_step(self, batch):
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, reduction="sum").float()
-        sums = torch.stack([loss, (logits.argmax(1) == y).sum().float(), loss.new_full((), float(len(y)))])
-        self._eval = sums if self._eval is None else self._eval + sums
+        self._eval = _add_sums(self._eval, F.cross_entropy(logits, y, reduction="sum"), logits, y)
 
     def _eval_end(self, split: str) -> dict:
-        sums = self._eval if self._eval is not None else torch.zeros(3, device=self.device)
-        self._eval = None
-        loss, correct, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
-        n = max(count, 1)
-        result = {f"{split}/loss": loss / n, f"{split}/acc": correct / n}
-        self.log_dict(result)
-        return result
+        sums, self._eval = self._eval, None
+        return self._means(sums, f"{split}/loss", f"{split}/acc")
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch)

@@ -15,6 +15,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 
+class Training:
+    """All that ImageDataModule.on_after_batch_transfer asks of a trainer: is it training
+    (augmentation on)? Lets a plain loop run the DataModule's own preprocessing, not a copy."""
+
+    training = True
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """The config train.py would see for these command-line overrides (no hydra node)."""
     from hydra import compose as hydra_compose

@@ -24,18 +24,14 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import compose, describe, int_list, machine, markdown_table, plain, resolve_device, sync, write_json
+from common import Training, compose, describe, int_list, machine, markdown_table, plain, resolve_device, sync, write_json
 
 import data as datasets
 import models
 
 
-class _Training:
-    training = True  # what ImageDataModule.on_after_batch_transfer asks of a trainer
-
-
 def data_ms_per_batch(dm, device, steps: int) -> float:
-    dm.trainer = _Training()
+    dm.trainer = Training()
     loader = iter(dm.train_dataloader())
     x, y = next(loader)  # worker start-up is not per-batch cost
     sync(device)
@@ -53,7 +49,7 @@ def step_ms(dm, device, steps: int) -> float:
     torch.manual_seed(0)
     net = models.build(plain(cfg.model), plain(cfg.norm), dm.in_channels, dm.num_classes, dm.image_size).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    dm.trainer = _Training()
+    dm.trainer = Training()
     x, y = next(iter(dm.train_dataloader()))
     x, y = dm.on_after_batch_transfer((x.to(device), y.to(device)), 0)
     times = []

@@ -35,6 +35,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from common import (  # also puts the repo on sys.path
+    Training,
     compose,
     describe,
     int_list,
@@ -130,13 +131,6 @@ def lightning_run(cfg, dm, args, profiler=None) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------
 # (b) A hand-written loop doing the same work
 # ---------------------------------------------------------------------------------------
-class _Training:
-    """All that ImageDataModule.on_after_batch_transfer asks of a trainer: is it training
-    (augmentation on)? Lets the raw loop run the DataModule's own preprocessing, not a copy."""
-
-    training = True
-
-
 class _StepBudget:
     """What Classifier.configure_optimizers reads from its Trainer, with the values that
     Trainer(max_steps=N, max_epochs=-1) gives it: the raw loop gets the identical optimizer
@@ -154,7 +148,7 @@ def raw_run(cfg, dm, device, args) -> tuple[float, float]:
     module.trainer = _StepBudget(total)
     configured = module.configure_optimizers()
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
-    dm.trainer = _Training()
+    dm.trainer = Training()
     loader = dm.train_dataloader()
     step = 0
     while True:  # a fresh pass over the loader at each epoch boundary, as Lightning makes

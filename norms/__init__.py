@@ -164,8 +164,10 @@ class TokenBatchNorm(_BatchStatistics, nn.BatchNorm1d):
         return self._ghost(x, self._forward)
 
 
-class _PerChannelAffine(nn.Module):
-    """Shared gamma/beta handling for the layer norms below (channel is `channel_dim`)."""
+class _SampleLayerNorm(nn.Module):
+    """ln over every axis but the batch, with per-channel gamma/beta (channel is `channel_dim`)
+    passed to F.layer_norm as stride-0 views of the full shape: one fused op that saves half the
+    activations for backward and runs faster than normalizing and then scaling (BENCHMARKS.md)."""
 
     channel_dim = 1
 
@@ -177,12 +179,6 @@ class _PerChannelAffine(nn.Module):
 
     def extra_repr(self):
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
-
-
-class _SampleLayerNorm(_PerChannelAffine):
-    """ln over every axis but the batch, with per-channel gamma/beta passed to F.layer_norm as
-    stride-0 views of the full shape: one fused op that saves half the activations for
-    backward and runs faster than normalizing and then scaling (measured in BENCHMARKS.md)."""
 
     def forward(self, x):
         shape = x.shape[1:]

@@ -57,15 +57,31 @@ def test_ddp_summary_records_the_three_batch_sizes(ddp_sweep, sync):
     assert record["summary"]["test/acc"] == pytest.approx(s["test_acc"])
 
 
-def test_ddp_evaluation_counts_every_test_image_once(ddp_sweep):
-    """The 256 test images split evenly over 2 processes: the counts summed over both
-    processes give an accuracy on a multiple of 1/256, not of 1/128 (one process's share)."""
+def test_ddp_test_metrics_cover_every_test_image(ddp_sweep):
+    """The 256 test images are split over 2 processes; the summary's test loss and accuracy must
+    be those of the saved model on all 256, not on one process's 128: re-evaluated here, in one
+    process, from the run's checkpoint."""
+    import torch
+    import torch.nn.functional as F
+
+    import data
+    import models
+
     sweep_dir, _, _ = ddp_sweep
     for run_dir in run_dirs(sweep_dir):
-        acc = json.loads((run_dir / "summary.json").read_text())["test_acc"]
-        assert (acc * 256) == pytest.approx(round(acc * 256))
-        history = json.loads((run_dir / "summary.json").read_text())["history"]
-        assert all((h["val/acc"] * 256) == pytest.approx(round(h["val/acc"] * 256)) for h in history)
+        s = json.loads((run_dir / "summary.json").read_text())
+        cfg = s["config"]
+        dm = data.build(cfg["data"])
+        dm.setup()
+        net = models.build(cfg["model"], cfg["norm"], dm.in_channels, dm.num_classes, dm.image_size)
+        state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+        x, y = dm.on_after_batch_transfer(next(iter(dm._loader("test", 256, train=False))), 0)
+        assert len(y) == 256
+        with torch.no_grad():
+            logits = net.eval()(x)
+        assert s["test_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
+        assert s["test_acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item(), abs=1e-9)
 
 
 def test_sync_batchnorm_flag_points_to_norm_sync(tmp_path):

@@ -72,9 +72,7 @@ def two_processes(tmp_path_factory):
 
 @each_case
 def test_sync_bn_in_two_processes_equals_bn_on_the_concatenated_batch(two_processes, case):
-    layout, sizes = CASES[case]
-    x, upstream, gamma, beta = make_case(layout, seed=case)
-    whole = run_bn(layout, x, upstream, gamma, beta)
+    whole = run_bn(CASES[case][0], *make_case(CASES[case][0], seed=case))
     synced = [two_processes[r][case][True] for r in range(2)]
     for key in ("y", "x_grad"):
         torch.testing.assert_close(torch.cat([s[key] for s in synced]), whole[key], rtol=1e-5, atol=1e-5)
