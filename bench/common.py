@@ -4,22 +4,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the scripts run as `python bench/<script>.py` from the repo root
-    sys.path.insert(0, str(REPO))
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-
-class Training:
-    """All that ImageDataModule.on_after_batch_transfer asks of a trainer: is it training
-    (augmentation on)? Lets a plain loop run the DataModule's own preprocessing, not a copy."""
-
-    training = True
+REPO = Path(__file__).resolve().parents[1]
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -27,6 +17,9 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from harness import launch
+
+    launch.register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
 

@@ -3,8 +3,8 @@
 flip on whole batches on the device) against torchvision's Dataset + DataLoader pipeline
 (per-sample PIL images and transforms, in worker processes or not).
 
-    .venv/bin/python bench/data_path.py --batch-sizes 8,32,128
-    .venv/bin/python bench/data_path.py --device cuda --workers 0,4
+    .venv/bin/python -m bench.data_path --batch-sizes 8,32,128
+    .venv/bin/python -m bench.data_path --device cuda --workers 0,4
 
 For each pipeline and batch size it times, on real Fashion-MNIST training batches:
 - data: fetching --steps batches from the DataLoader, moving them to the device and
@@ -24,21 +24,20 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import Training, compose, describe, int_list, machine, markdown_table, plain, resolve_device, sync, write_json
 
 import data as datasets
 import models
+from bench.common import compose, describe, int_list, machine, markdown_table, plain, resolve_device, sync, write_json
 
 
 def data_ms_per_batch(dm, device, steps: int) -> float:
-    dm.trainer = Training()
     loader = iter(dm.train_dataloader())
     x, y = next(loader)  # worker start-up is not per-batch cost
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         x, y = next(loader)
-        x, y = dm.on_after_batch_transfer((x.to(device, non_blocking=True), y.to(device, non_blocking=True)), 0)
+        x, y = dm.preprocess((x.to(device, non_blocking=True), y.to(device, non_blocking=True)), train=True)
     sync(device)
     return 1e3 * (time.perf_counter() - t0) / steps
 
@@ -49,9 +48,8 @@ def step_ms(dm, device, steps: int) -> float:
     torch.manual_seed(0)
     net = models.build(plain(cfg.model), plain(cfg.norm), dm.in_channels, dm.num_classes, dm.image_size).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    dm.trainer = Training()
     x, y = next(iter(dm.train_dataloader()))
-    x, y = dm.on_after_batch_transfer((x.to(device), y.to(device)), 0)
+    x, y = dm.preprocess((x.to(device), y.to(device)), train=True)
     times = []
     for i in range(steps + 5):
         sync(device)

@@ -2,8 +2,8 @@
 """The cost of each norm: training-step (forward + backward) time, activation memory and
 parameters of every norm in every model, at several batch sizes, on random inputs.
 
-    .venv/bin/python bench/norm_cost.py --batch-sizes 8,32 --models resnet20
-    .venv/bin/python bench/norm_cost.py --device cuda --markdown bench/norm_cost.md --json bench/norm_cost.json
+    .venv/bin/python -m bench.norm_cost --batch-sizes 8,32 --models resnet20
+    .venv/bin/python -m bench.norm_cost --device cuda --markdown bench/norm_cost.md --json bench/norm_cost.json
 
 Models and norms are built by models.build from conf/model/*.yaml and conf/norm/*.yaml, as
 train.py builds them. Time: the median over --steps training steps (cross-entropy forward,
@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import (  # also puts the repo on sys.path
+
+import models
+from bench.common import (
     compose,
     describe,
     int_list,
@@ -39,8 +41,6 @@ from common import (  # also puts the repo on sys.path
     sync,
     write_json,
 )
-
-import models
 
 NORMS = ["bn", "ln", "in", "gn", "none"]
 NUM_CLASSES = 10

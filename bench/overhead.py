@@ -1,23 +1,25 @@
 #!/usr/bin/env python
 """Framework overhead: the same model, data and optimizer trained for the same number of steps
-by PyTorch Lightning (train.py's own Classifier, callbacks and Trainer) and by a hand-written
+by PyTorch Lightning (the harness's own Classifier, callbacks and Trainer) and by a hand-written
 PyTorch loop, and the steps/s of each.
 
-    .venv/bin/python bench/overhead.py --batch-sizes 2,8 --norms bn
-    .venv/bin/python bench/overhead.py --data synthetic --steps 50 --warmup 5 --repeats 1
-    .venv/bin/python bench/overhead.py --device cuda --profile --json bench/overhead.json
+    .venv/bin/python -m bench.overhead --batch-sizes 2,8 --norms bn
+    .venv/bin/python -m bench.overhead --data synthetic --steps 50 --warmup 5 --repeats 1
+    .venv/bin/python -m bench.overhead --device cuda --profile --json bench/overhead.json
 
 Both paths iterate the same DataLoader (dm.train_dataloader()), run the DataModule's own
 on-device preprocessing (uint8 -> float, random crop + flip, normalization), and step the
-optimizer and scheduler that Classifier.configure_optimizers builds, from the same seed. Only
+optimizer (harness.module.param_groups) and warmup + cosine schedule (harness.module.warmup_cosine)
+that Classifier.configure_optimizers uses, from the same seed. Only
 the steps after --warmup are timed, from the start of step `warmup` (its batch already on the
 device) to the end of the last step; runs that span several epochs include the cost of
 re-entering the loader at each epoch boundary in both paths (and Lightning's epoch-end hooks).
 The two paths alternate --repeats times and the median steps/s of each is reported.
 
-The Lightning step is Classifier.training_step as train.py runs it, so it also computes the
-batch accuracy, logs loss/acc/lr with self.log and checks the loss is finite every
-trainer.log_every_n_steps: the overhead measured is that of the framework as NormLab uses it.
+The Lightning step is Classifier.training_step as train.py runs it, so it also adds the
+batch's loss and accuracy to the epoch's device-side sums, and every trainer.log_every_n_steps
+checks the loss is finite and writes the step curve: the overhead measured is that of the
+framework as NormLab uses it.
 """
 from __future__ import annotations
 
@@ -31,11 +33,15 @@ import time
 import warnings
 from pathlib import Path
 
+import hydra
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from common import (  # also puts the repo on sys.path
-    Training,
+from pytorch_lightning.profilers import SimpleProfiler
+
+import data as datasets
+import models
+from bench.common import (
     compose,
     describe,
     int_list,
@@ -47,11 +53,9 @@ from common import (  # also puts the repo on sys.path
     sync,
     write_json,
 )
-from pytorch_lightning.profilers import SimpleProfiler
-
-import data as datasets
-import models
-import train  # its import registers the ${identity:} resolver the hydra config uses
+from harness import build
+from harness.callbacks import EpochReport, StopOnSignal
+from harness.module import Classifier, param_groups, warmup_cosine, warmup_steps
 
 SEED = 0
 
@@ -79,8 +83,8 @@ def config(args, norm: str, batch: int, device: torch.device):
 
 
 def learning_rate(cfg) -> float:
-    """train.run's rule: optim.lr at optim.base_batch_size, scaled with the (one-device) batch."""
-    return cfg.optim.lr * train.LR_SCALINGS[cfg.optim.lr_scaling](cfg.data.batch_size / cfg.optim.base_batch_size)
+    """train.py's rule, on one device without accumulation: the optimisation batch is the batch."""
+    return build.scaled_lr(cfg.optim, cfg.data.batch_size)
 
 
 def build_net(cfg, dm) -> torch.nn.Module:
@@ -111,16 +115,16 @@ class StepTimer(pl.Callback):
 
 def lightning_run(cfg, dm, args, profiler=None) -> tuple[float, float]:
     """Steps/s of the Lightning path, and the learning rate it ended at."""
-    module = train.Classifier(build_net(cfg, dm), cfg.optim, learning_rate(cfg))
+    module = Classifier(build_net(cfg, dm), cfg.optim, learning_rate(cfg))
     timer = StepTimer(args.warmup, args.steps)
     # train.py's callbacks, less LastCheckpoint: it writes checkpoints to disk (I/O, not framework
     # overhead; on a small data set's short epochs it would write one every few steps). Its
     # loggers (CSV, W&B: files and a W&B process) and the progress bar are off for the same
     # reason. The timer goes last, so the timed window holds the other callbacks' batch-end work.
-    callbacks = [train.EpochReport(), train.StopOnSignal(), timer]
+    callbacks = [EpochReport(), StopOnSignal(), timer]
     # EpochReport prints a line per epoch; short epochs would flood the table.
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
-        trainer = train.make_trainer(
+        trainer = build.trainer(
             cfg, Path(out), [], callbacks, max_steps=args.warmup + args.steps, limit_val_batches=0,
             num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, profiler=profiler)
@@ -131,29 +135,20 @@ def lightning_run(cfg, dm, args, profiler=None) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------
 # (b) A hand-written loop doing the same work
 # ---------------------------------------------------------------------------------------
-class _StepBudget:
-    """What Classifier.configure_optimizers reads from its Trainer, with the values that
-    Trainer(max_steps=N, max_epochs=-1) gives it: the raw loop gets the identical optimizer
-    (same SGD param groups) and the identical warmup + cosine schedule."""
-
-    def __init__(self, total_steps: int):
-        self.estimated_stepping_batches, self.max_epochs = total_steps, -1
-
-
 def raw_run(cfg, dm, device, args) -> tuple[float, float]:
     """Steps/s of the hand-written loop, and the learning rate it ended at."""
     net = build_net(cfg, dm).to(device).train()
     total = args.warmup + args.steps
-    module = train.Classifier(net, cfg.optim, learning_rate(cfg))
-    module.trainer = _StepBudget(total)
-    configured = module.configure_optimizers()
-    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
-    dm.trainer = Training()
+    # Trainer(max_steps=total, max_epochs=-1) gives Classifier.configure_optimizers these values
+    optimizer = hydra.utils.instantiate(cfg.optim.optimizer)(param_groups(net, cfg.optim.weight_decay_norm),
+                                                             lr=learning_rate(cfg))
+    warmup = warmup_steps(cfg.optim.warmup_epochs, total, -1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
     loader = dm.train_dataloader()
     step = 0
     while True:  # a fresh pass over the loader at each epoch boundary, as Lightning makes
         for x, y in loader:
-            x, y = dm.on_after_batch_transfer((x.to(device, non_blocking=True), y.to(device, non_blocking=True)), 0)
+            x, y = dm.preprocess((x.to(device, non_blocking=True), y.to(device, non_blocking=True)), train=True)
             if step == args.warmup:
                 sync(device)
                 t0 = time.perf_counter()

@@ -120,6 +120,11 @@ class ImageDataModule(pl.LightningDataModule):
             steps += [T.RandomHorizontalFlip()] if self.hflip else []
         return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
+    def dataset(self, split: str) -> Dataset:
+        """The "train", "val" or "test" split, as the loaders serve it."""
+        self.setup()
+        return self._splits[split]
+
     def split_sizes(self) -> dict[str, int]:
         self.setup()
         return {k: len(v) for k, v in self._splits.items()}
@@ -139,11 +144,16 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("test", self.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return self.preprocess(batch, train=self.trainer is not None and self.trainer.training)
+
+    def preprocess(self, batch, train: bool):
+        """A batch on its device, as the model sees it: uint8 to float, augmented when `train`
+        (and data.augment), normalized. The dataloader pipeline did all this in its workers."""
         if self.pipeline != "memory":
-            return batch  # augmented and normalized per sample by the workers
+            return batch
         x, y = batch
         x = x.float().div_(255)
-        if self.augment and self.trainer is not None and self.trainer.training:
+        if self.augment and train:
             x = random_crop_flip(x, self.crop_padding, self.hflip)
         mean, std = self._normalization(x.device)
         return (x - mean) / std, y

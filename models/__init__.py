@@ -9,6 +9,8 @@ import inspect
 import torch
 from torch import nn
 
+import norms
+
 from .common import norm_factory
 from .resnet_cifar import CifarResNet
 from .resnet_tv import torchvision_resnet
@@ -37,9 +39,9 @@ def build(model: dict, norm: dict, in_channels: int, num_classes: int, image_siz
     kwargs = dict(in_channels=in_channels, num_classes=num_classes)
     if "image_size" in params:
         kwargs["image_size"] = image_size
-    if norm.get("kind") == "gn":
-        _check_groups(ctor, kwargs, options, norm.get("num_groups", 32))
-    return ctor(norm=norm_factory(norm), **kwargs, **options)
+    factory = norm_factory(norm)  # checks the kind
+    norms.check_sites(norm, lambda: _sites(ctor, kwargs, options))
+    return ctor(norm=factory, **kwargs, **options)
 
 
 class _Site(nn.Identity):
@@ -50,22 +52,11 @@ class _Site(nn.Identity):
         self.num_channels = num_channels
 
 
-def _check_groups(ctor, kwargs, options, groups) -> None:
-    """Name the first layer whose channel count num_groups does not divide, and the group
-    counts that would divide every layer."""
+def _sites(ctor, kwargs, options) -> list[tuple[str, int]]:
+    """(layer name, channels) of every norm site of the model, from a probe built with stand-ins."""
     with torch.random.fork_rng(devices=[]):  # probing must not change the real model's initialisation
         probe = ctor(norm=_Site, **kwargs, **options)
-    sites = [(name, m.num_channels) for name, m in probe.named_modules() if isinstance(m, _Site)]
-    usable = isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1
-    bad = [(name, c) for name, c in sites if not usable or c % groups]
-    if bad:
-        name, channels = bad[0]
-        common = [g for g in range(1, min(c for _, c in sites) + 1) if all(c % g == 0 for _, c in sites)]
-        raise ValueError(
-            f"gn: num_groups={groups!r} does not divide the {channels} channels of layer '{name}'"
-            f"{f' (and {len(bad) - 1} more layers)' if len(bad) > 1 else ''}; "
-            f"group counts that divide every layer of this model: {common}"
-        )
+    return [(name, m.num_channels) for name, m in probe.named_modules() if isinstance(m, _Site)]
 
 
 def activation_bytes(net: nn.Module, x: torch.Tensor) -> int:

@@ -17,7 +17,8 @@ def norm_factory(norm: dict) -> NormFactory:
     norm = dict(norm)
     kind = norm.pop("kind", None)
     if kind is None:
-        raise ValueError(f"norm config needs a 'kind' (one of {', '.join(norms.KINDS)}); got {norm}")
+        raise ValueError(f"norm config needs a 'kind' (one of {', '.join(norms.kinds())}); got {norm}")
+    norms.get(kind)  # an unknown kind fails here, before any layer is built
     return partial(norms.build, kind, **norm)
 
 

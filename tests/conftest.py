@@ -5,8 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from harness import launch
+
 REPO = Path(__file__).resolve().parents[1]
 WANDB = str(Path(sys.executable).with_name("wandb"))
+
+launch.prepare_process()  # as train.py: the ${identity:} resolver, the same warning filters
 
 
 def clean_env(**extra) -> dict:

@@ -19,8 +19,8 @@ def test_synthetic_is_deterministic_and_split():
     a, b = data.build({"name": "synthetic", "batch_size": 8}), data.build({"name": "synthetic", "batch_size": 8})
     assert a.split_sizes() == b.split_sizes() == {"train": 1024, "val": 256, "test": 256}
     for split in ("train", "val", "test"):
-        xa, ya = a._splits[split].tensors
-        xb, yb = b._splits[split].tensors
+        xa, ya = a.dataset(split).tensors
+        xb, yb = b.dataset(split).tensors
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
         assert xa.dtype == torch.uint8 and xa.shape[1:] == (3, 16, 16)
         assert set(ya.tolist()) == {0, 1, 2, 3}
@@ -173,7 +173,7 @@ def test_dataloader_pipeline_augments_each_image_with_a_crop_and_flip_of_its_own
     x, y = _first_batch(dm)
     # undo the normalization, and find each training image among the crops/flips of the originals
     images = (x * torch.tensor(dm.std).view(1, -1, 1, 1) + torch.tensor(dm.mean).view(1, -1, 1, 1)) * 255
-    originals = dm._splits["train"].x.float()
+    originals = dm.dataset("train").x.float()
     padded = torch.nn.functional.pad(originals, (2, 2, 2, 2))
     moved = 0
     for img in images.round():

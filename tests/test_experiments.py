@@ -2,15 +2,14 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-import torch
-
 import data
 import models
-import tracking
-import train  # registers the ${identity:} resolver
+import norms
+from harness import record
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -52,7 +51,7 @@ def test_norm_batch_vs_opt_batch_holds_one_batch_while_varying_the_other(hydra_c
     for k in ghost:  # and each point trains: a batch of N goes through bn in virtual batches of k
         point = compose("config", overrides=["experiment=norm_batch_vs_opt_batch", f"norm.virtual_batch_size={k}",
                                              f"data.batch_size={batch[0]}"])
-        assert train.normalization_batch(point, world_size=1) == k
+        assert norms.normalization_batch(point.norm, point.data.batch_size, world_size=1) == k
         net = models.build(point.model, point.norm, 1, 10, 28).train()
         assert net(torch.randn(batch[0], 1, 28, 28)).shape == (batch[0], 10)
 
@@ -62,9 +61,9 @@ def test_identity_of_configs_from_before_a_key_existed_is_unchanged(hydra_conf):
     they leave the identity as it was, so a relaunched older sweep still finds its runs."""
     cfg = compose("config", overrides=["data=synthetic", "trainer=ddp_cpu"])
     older = compose("config", overrides=["data=synthetic", "trainer=ddp_cpu", "~norm.sync", "~trainer.num_nodes"])
-    assert tracking.identity(cfg) == tracking.identity(older)
+    assert record.identity(cfg) == record.identity(older)
     for change in ("norm.sync=true", "trainer.num_nodes=2"):
-        assert tracking.identity(compose("config", overrides=["data=synthetic", "trainer=ddp_cpu", change])) != tracking.identity(cfg)
+        assert record.identity(compose("config", overrides=["data=synthetic", "trainer=ddp_cpu", change])) != record.identity(cfg)
 
 
 def test_gn_paper_protocol_in_norm_vs_batch(hydra_conf):
@@ -80,15 +79,15 @@ def test_identity_ignores_logging_but_not_training_settings(hydra_conf):
     base = compose("config", overrides=["data=synthetic"])
     same = compose("config", overrides=["data=synthetic", "logger=csv", "progress_bar=false", "checkpoint.every_n_steps=7",
                                         "experiment_name=other", "trainer.log_every_n_steps=3"])
-    assert tracking.identity(base) == tracking.identity(same)
+    assert record.identity(base) == record.identity(same)
     for change in ("seed=1", "norm=gn", "data.batch_size=8", "optim.lr=0.2", "trainer.max_epochs=3", "model.width=8"):
-        assert tracking.identity(compose("config", overrides=["data=synthetic", change])) != tracking.identity(base), change
-    assert tracking.wandb_run_id(base) != tracking.wandb_run_id(same)  # another experiment, another W&B run
+        assert record.identity(compose("config", overrides=["data=synthetic", change])) != record.identity(base), change
+    assert record.wandb_run_id(base) != record.wandb_run_id(same)  # another experiment, another W&B run
 
 
 def test_run_directory_is_named_by_identity(hydra_conf):
     cfg = compose("config", overrides=["data=synthetic", "norm=gn", "data.batch_size=8"], return_hydra_config=True)
-    assert cfg.hydra.run.dir == f"runs/default/gn-resnet20-bs8-s0-{tracking.identity(cfg)}"
+    assert cfg.hydra.run.dir == f"runs/default/gn-resnet20-bs8-s0-{record.identity(cfg)}"
 
 
 def _agent_command(sweep: dict, params: dict) -> list[str]:

@@ -123,13 +123,13 @@ def test_channels_last_classifier_computes_what_the_plain_one_does():
 
     from omegaconf import OmegaConf
 
-    import train
+    from harness.module import Classifier
 
     torch.manual_seed(0)
     net = models.build({"name": "resnet20", "arch": "cifar_resnet", "depth": 8, "width": 8}, {"kind": "bn"}, 3, 10, 16)
     optim = OmegaConf.create({"weight_decay_norm": True})
-    plain = train.Classifier(copy.deepcopy(net), optim, 0.1)
-    nhwc = train.Classifier(copy.deepcopy(net), optim, 0.1, channels_last=True)
+    plain = Classifier(copy.deepcopy(net), optim, 0.1)
+    nhwc = Classifier(copy.deepcopy(net), optim, 0.1, channels_last=True)
     assert nhwc.net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 16, 16)
     torch.testing.assert_close(nhwc(x), plain(x), rtol=1e-4, atol=1e-5)
@@ -138,13 +138,14 @@ def test_channels_last_classifier_computes_what_the_plain_one_does():
 def test_compiled_classifier_keeps_the_plain_checkpoint_keys():
     from omegaconf import OmegaConf
 
-    import train
+    from harness.module import Classifier
 
     net = models.build({"name": "resnet20", "arch": "cifar_resnet", "depth": 8, "width": 8}, {"kind": "gn", "num_groups": 4},
                        3, 10, 16)
-    compiled = train.Classifier(net, OmegaConf.create({}), 0.1, compile=True)  # compiles lazily: nothing runs here
+    compiled = Classifier(net, OmegaConf.create({}), 0.1, compile=True)  # compiles lazily: nothing runs here
     assert list(compiled.state_dict()) == [f"net.{k}" for k in net.state_dict()]
-    assert compiled._net_fn is not net
+    assert compiled.net_forward is not net
+    assert Classifier(net, OmegaConf.create({}), 0.1).net_forward is net
 
 
 def test_activation_bytes_counts_what_backward_keeps():

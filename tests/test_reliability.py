@@ -13,7 +13,7 @@ from conftest import REPO, WANDB, clean_env, run_train
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-import train
+from harness import build
 
 CONF = REPO / "conf"
 
@@ -61,14 +61,18 @@ BAD_VALUES = [
 ]
 
 
+def prepare(cfg):
+    """What train.py's run does with a config before it trains (the CLI tests below check that
+    a failure here leaves a failed summary and nothing trained)."""
+    build.check_config(cfg)
+    return build.data_and_net(cfg)
+
+
 @pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
-def test_bad_values_fail_before_training_and_name_the_value(hydra_conf, tmp_path, overrides, message):
+def test_bad_values_fail_before_training_and_name_the_value(hydra_conf, overrides, message):
     cfg = compose("config", overrides=["data=synthetic", "logger=csv", *overrides])
     with pytest.raises(ValueError, match=message):
-        train.run(cfg, tmp_path)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "failed"
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()  # nothing trained
+        prepare(cfg)
 
 
 def test_unknown_layout_is_named():
@@ -82,10 +86,10 @@ def test_missing_data_offline_says_where_it_looked_and_how_to_get_it(hydra_conf,
     cfg = compose("config", overrides=["data=fashion_mnist", f"data.root={tmp_path / 'root'}", "data.download=false",
                                        f"+data.system_dir={tmp_path / 'none'}", "logger=csv"])
     with pytest.raises(FileNotFoundError, match=r"looked in .*root/FashionMNIST/raw and .*none.*apt-get install dataset-fashion-mnist.*data.download=true"):
-        train.run(cfg, tmp_path / "run")
+        prepare(cfg)
     cfg = compose("config", overrides=["data=cifar10", f"data.root={tmp_path / 'root'}", "data.download=false", "logger=csv"])
     with pytest.raises(FileNotFoundError, match=r"cifar10 not found or corrupt in .*cifar-10-batches-py.*data.download=true"):
-        train.run(cfg, tmp_path / "run2")
+        prepare(cfg)
 
 
 def test_truncated_fashion_mnist_is_detected_not_trained_on(hydra_conf, tmp_path):
@@ -99,7 +103,7 @@ def test_truncated_fashion_mnist_is_detected_not_trained_on(hydra_conf, tmp_path
         (raw / name).write_bytes(header + body)
     cfg = compose("config", overrides=[f"data.root={tmp_path}", "data.download=false", "logger=csv"])
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is corrupt or truncated \(47039016 bytes"):
-        train.run(cfg, tmp_path / "run")
+        prepare(cfg)
 
 
 def test_corrupt_debian_archive_is_detected(tmp_path):
@@ -130,12 +134,19 @@ def test_corrupt_cifar_is_detected(tmp_path):
 def test_cli_error_is_one_readable_line(tmp_path):
     env = clean_env()
     env.pop("HYDRA_FULL_ERROR")
-    proc = run_train("norm=gn", "norm.num_groups=32", "data=synthetic", f"hydra.run.dir={tmp_path}", env=env, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: gn: num_groups=32 does not divide")
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    # one error from the config check, one from building the model: neither trains anything
+    for i, (overrides, line) in enumerate([(["norm=bn", "data.batch_size=1"], "error: norm=bn with data.batch_size=1"),
+                                           (["norm=gn", "norm.num_groups=32"], "error: gn: num_groups=32 does not divide")]):
+        run_dir = tmp_path / str(i)
+        proc = run_train(*overrides, "data=synthetic", f"hydra.run.dir={run_dir}", env=env, check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1].startswith(line)
+        assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "failed" and line.removeprefix("error: ") in summary["error"]
+        assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.csv").exists()  # nothing trained
     env["HYDRA_FULL_ERROR"] = "1"  # the traceback is still there for who asks
-    proc = run_train("norm=gn", "norm.num_groups=32", "data=synthetic", f"hydra.run.dir={tmp_path}", env=env, check=False)
+    proc = run_train("norm=gn", "norm.num_groups=32", "data=synthetic", f"hydra.run.dir={tmp_path / 'full'}", env=env, check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 

@@ -1,5 +1,6 @@
 """Scaling out through the real CLI: DDP with 2 CPU processes (gloo), and sweeps through
 Hydra's joblib and submitit_local launchers; the SLURM launcher's config and job script."""
+import csv
 import dataclasses
 import json
 import os
@@ -76,7 +77,7 @@ def test_ddp_test_metrics_cover_every_test_image(ddp_sweep):
         net = models.build(cfg["model"], cfg["norm"], dm.in_channels, dm.num_classes, dm.image_size)
         state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
         net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
-        x, y = dm.on_after_batch_transfer(next(iter(dm._loader("test", 256, train=False))), 0)
+        x, y = dm.preprocess(next(iter(dm.test_dataloader())), train=False)
         assert len(y) == 256
         with torch.no_grad():
             logits = net.eval()(x)
@@ -114,7 +115,6 @@ def test_a_sweep_through_a_hydra_launcher(tmp_path, launcher):
 def compose_slurm(*overrides, env=None):
     from hydra import compose, initialize_config_dir
 
-    import train  # noqa: F401 - registers the resolvers
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=submitit_slurm", *overrides], return_hydra_config=True)
@@ -186,6 +186,5 @@ def test_norm_batch_vs_opt_batch_records_both_batches_and_reports_them(tmp_path)
     proc = subprocess.run([sys.executable, str(REPO / "report.py"), str(tmp_path), "wandb.mode=disabled"], cwd=REPO,
                           env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    table = (tmp_path / "report" / "results.md").read_text()
-    rows = [line for line in table.split("## Details")[0].splitlines() if line.startswith("| bn")]
-    assert [row.split("|")[1].strip() for row in rows] == ["bn (ghost 4)", "bn (ghost 16)"], table
+    with open(tmp_path / "report" / "results.csv") as f:
+        assert [row["series"] for row in csv.DictReader(f)] == ["bn (ghost 4)", "bn (ghost 16)"]

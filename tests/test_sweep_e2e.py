@@ -99,9 +99,10 @@ def test_interrupted_run_resumes_from_its_checkpoint(sweep):
 @pytest.fixture(scope="module")
 def report(sweep):
     sweep_dir, *_ = sweep
-    # A deliberately failed run in the same sweep: ln has no 'token' scope on CNN maps.
-    failed = run_train("norm=ln", "norm.scope=token", "data=synthetic", "data.batch_size=4",
-                       "experiment_name=e2e", f"hydra.run.dir={sweep_dir}/failed-ln", check=False)
+    # A deliberately failed run of the sweep's configuration but for the norm: ln has no 'token'
+    # scope on CNN maps.
+    failed = run_train("norm=ln", "norm.scope=token", "data=synthetic", "data.batch_size=4", "data.train_size=512",
+                       "trainer.max_epochs=3", "experiment_name=e2e", f"hydra.run.dir={sweep_dir}/failed-ln", check=False)
     assert failed.returncode != 0
     proc = subprocess.run([sys.executable, str(REPO / "report.py"), str(sweep_dir)], cwd=REPO, env=clean_env(),
                           capture_output=True, text=True, timeout=300)

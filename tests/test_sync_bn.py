@@ -1,7 +1,7 @@
 """Synchronized bn on CPU (gloo): 2 real processes equal single-process bn on the concatenated batch.
 
 nn.SyncBatchNorm refuses CPU tensors, so `norms.build("bn", C, sync=True)` all-reduces the
-statistics itself (norms._all_reduce_batch_norm). These tests run it in two processes joined
+statistics itself (norms.batch._all_reduce_batch_norm). These tests run it in two processes joined
 by a gloo process group and compare outputs, input gradients, parameter gradients (summed
 over the processes, as DDP does up to its 1/world scaling) and running statistics with one bn
 on the whole batch. Unsynchronized bn in the same processes is compared too: it equals bn on

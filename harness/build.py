@@ -1,0 +1,87 @@
+"""From a composed config to the objects a run trains with, each checked before training.
+
+Every error a user can cause by what they typed is raised here, as a ValueError (or
+FileNotFoundError for data) whose message names the key and what would be valid.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import numbers
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import data as datasets
+import models
+import norms
+
+LR_SCALINGS = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject impossible values before anything is loaded or trained, naming what was typed."""
+    def positive(key, value, kind=numbers.Real):
+        if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+            what = "a positive integer" if kind is numbers.Integral else "a positive number"
+            raise ValueError(f"{key} must be {what}, got {value!r}")
+
+    positive("data.batch_size", cfg.data.batch_size, numbers.Integral)
+    positive("optim.lr", cfg.optim.lr)
+    positive("optim.base_batch_size", cfg.optim.base_batch_size, numbers.Integral)
+    positive("trainer.max_epochs", cfg.trainer.max_epochs, numbers.Integral)
+    if cfg.optim.lr_scaling not in LR_SCALINGS:
+        raise ValueError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {cfg.optim.lr_scaling!r}")
+    if cfg.trainer.get("sync_batchnorm"):
+        raise ValueError("trainer.sync_batchnorm=true would convert NormLab's bn layers to nn.SyncBatchNorm, which "
+                         "loses the ViT token layout and ghost batches and refuses CPU tensors; use norm.sync=true")
+    if norms.uses_batch_statistics(cfg.norm) and cfg.data.batch_size == 1:
+        raise ValueError(f"norm={cfg.norm.kind} with data.batch_size=1: batch statistics of one sample per device are "
+                         f"undefined; use a batch size of at least 2, or a norm without batch statistics "
+                         f"({', '.join(k for k in norms.kinds() if not norms.get(k).batch_statistics)})")
+
+
+def scaled_lr(optim: DictConfig, optimization_batch: int) -> float:
+    """optim.lr at optim.base_batch_size, scaled (optim.lr_scaling) to the optimisation batch."""
+    return optim.lr * LR_SCALINGS[optim.lr_scaling](optimization_batch / optim.base_batch_size)
+
+
+def data_and_net(cfg: DictConfig):
+    """The DataModule (its files read and checked now) and the network, in the run's RNG state."""
+    dm = datasets.build(cfg.data)
+    dm.setup()
+    net = models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
+    return dm, net
+
+
+def activation_mib(net: torch.nn.Module, dm, batch_size: int) -> float:
+    """What a training batch's activations cost (models.activation_bytes), in MiB, measured on
+    a copy of the model (bn's running statistics untouched) without drawing from the run's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        x = torch.randn(batch_size, dm.in_channels, dm.image_size, dm.image_size)
+        return models.activation_bytes(copy.deepcopy(net).train(), x) / 2**20
+
+
+def resolve_precision(precision):
+    """trainer.precision=auto: bf16 mixed precision on a GPU that has it, fp16 on one that
+    does not, fp32 on a CPU."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list, **fixed) -> pl.Trainer:
+    """A Trainer from the `trainer` config group (any Trainer argument), plus `fixed` ones."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"))
+    kwargs.setdefault("benchmark", cfg.perf.cudnn_benchmark)  # trainer.benchmark, if given, wins
+    valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks", *fixed}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(f"unknown Trainer argument(s) {unknown}; valid: {', '.join(sorted(valid))}")
+    return pl.Trainer(**kwargs, **fixed, logger=loggers, callbacks=callbacks, default_root_dir=str(out_dir))

@@ -1,0 +1,105 @@
+"""Lightning callbacks of every run: the epoch line and throughput, checkpoints, signals."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from .module import Diverged
+
+
+class EpochReport(pl.Callback):
+    """Measures training images/s per epoch (validation excluded), closes the epoch's training
+    metrics and prints one line per epoch."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.t0, self.t1, self.images = time.perf_counter(), None, 0
+
+    on_fit_start = on_train_epoch_start  # a run resumed mid-epoch starts counting here
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.images += len(batch[1])
+        if batch_idx + 1 == trainer.num_training_batches:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.t1 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # every process trains on as many images as this one
+        ips = self.images * trainer.world_size / max((self.t1 or time.perf_counter()) - self.t0, 1e-9)
+        train = pl_module.finish_train_epoch(ips)
+        if not math.isfinite(train["train/loss_epoch"]):
+            raise Diverged(f"mean training loss of epoch {trainer.current_epoch + 1} is {train['train/loss_epoch']}")
+        row = pl_module.epoch_row()
+        if trainer.is_global_zero:
+            print(
+                f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: "
+                f"train loss {row['train/loss']:.4f} acc {row['train/acc']:.2%} | "
+                f"val loss {row.get('val/loss', float('nan')):.4f} acc {row.get('val/acc', float('nan')):.2%} | "
+                f"{ips:.0f} img/s",
+                flush=True,
+            )
+
+
+class LastCheckpoint(pl.Callback):
+    """Writes checkpoints/last.ckpt at the end of every epoch and every `every_n_steps` steps.
+
+    Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint
+    that a relaunch would trust. Loggers are flushed first, so the CSV log on disk is never
+    behind the checkpoint a resumed run starts from.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int | None):
+        self.path, self.every_n_steps = Path(path), every_n_steps
+
+    def save(self, trainer):
+        for logger in trainer.loggers:
+            logger.save()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state, to resume from
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        last_of_epoch = batch_idx + 1 == trainer.num_training_batches  # saved at epoch end instead
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and not last_of_epoch:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        # SIGTERM (and a first Ctrl-C, see StopOnSignal) stop at a step boundary: save there.
+        if isinstance(exception, SIGTERMException):
+            self.save(trainer)
+            print(f"checkpoint saved at step {trainer.global_step}: {self.path}", flush=True)
+
+
+class StopOnSignal(pl.Callback):
+    """A first Ctrl-C asks Lightning to stop at the end of the current step, as it does for
+    SIGTERM, so a checkpoint is saved before exiting. A second Ctrl-C aborts at once."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if trainer.received_sigterm:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's SIGTERM path: stop at the step boundary
+            print("\ninterrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+
+    def teardown(self, trainer, pl_module, stage):
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, getattr(self, "previous", signal.default_int_handler))

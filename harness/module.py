@@ -1,0 +1,191 @@
+"""The LightningModule: cross-entropy classification, exact epoch and split metrics.
+
+The learning-rate schedule and the weight-decay parameter groups are pure functions
+(`warmup_cosine`, `param_groups`), testable and reusable without a Trainer.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import hydra
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+import norms
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor at optimizer step `step` (from 0): linear warmup over `warmup`
+    steps, then cosine decay to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+def warmup_steps(warmup_epochs: float, total_steps: int, max_epochs: int) -> int:
+    """Warmup epochs as optimizer steps of a run of `total_steps` over `max_epochs` epochs."""
+    return int(warmup_epochs * (total_steps / max(max_epochs, 1)))
+
+
+def param_groups(net: torch.nn.Module, weight_decay_norm: bool) -> list[dict]:
+    """[decayed, not decayed]: without `weight_decay_norm`, norm gamma/beta and biases are not
+    decayed (the GN paper decays every weight: weight_decay_norm=true)."""
+    decay, no_decay = [], []
+    for module in net.modules():
+        is_norm = norms.kind_of(module) is not None
+        for name, p in module.named_parameters(recurse=False):
+            skip = not weight_decay_norm and (is_norm or name == "bias")
+            (no_decay if skip else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _add_sums(total, loss_sum, logits, y):
+    """total + (loss sum, correct, count) of a batch, all on the device. new_full fills on the
+    device; torch.tensor(n, device="cuda") would be a blocking host-to-device copy."""
+    loss_sum = loss_sum.float()
+    sums = torch.stack([loss_sum, (logits.argmax(1) == y).sum().float(), loss_sum.new_full((), float(len(y)))])
+    return sums if total is None else total + sums
+
+
+class Classifier(pl.LightningModule):
+    """Cross-entropy classification with SGD/AdamW and a warmup + cosine schedule.
+
+    `history` holds one row per epoch ({"epoch": 1-based, "val/loss", "val/acc", "train/loss",
+    "train/acc", "images_per_second"}), filled by validation and by the end of the training
+    epoch in whichever order they come; an epoch without validation has no val/* keys.
+    """
+
+    def __init__(self, net: torch.nn.Module, optim: DictConfig, lr: float, channels_last: bool = False,
+                 compile: bool = False):
+        super().__init__()
+        self.net, self.optim_cfg, self.lr = net, optim, lr
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        # Compiled forward, kept out of the module tree so checkpoints hold the plain net's keys
+        # (a compiled and a plain run resume from each other's checkpoints).
+        object.__setattr__(self, "net_forward", torch.compile(self.net) if compile else self.net)
+        self.history: list[dict] = []  # kept in checkpoints
+        self.fit_seconds = 0.0  # time spent in fit by earlier attempts of this run
+        self._eval = None  # (loss sum, correct, count) of the split being evaluated, on the device
+        self._train = None  # the same for the training epoch so far
+        self._show_progress = False
+        self._logged_step = None
+
+    def forward(self, x):
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net_forward(x)
+
+    def epoch_row(self) -> dict:
+        """The history row of the current epoch, created on first use."""
+        epoch = self.current_epoch + 1
+        if not self.history or self.history[-1]["epoch"] != epoch:
+            self.history.append({"epoch": epoch})
+        return self.history[-1]
+
+    # Per-step bookkeeping stays on the device: the epoch's loss and accuracy are sums added to
+    # on the device and read once per epoch (finish_train_epoch); the step curve is read and
+    # written to the loggers every trainer.log_every_n_steps steps. Lightning's self.log costs
+    # about 1 ms of Python per call (it moves its whole result collection to the value's
+    # device each time), which at batch 2 on a CPU is a large share of a step.
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        with torch.no_grad():
+            self._train = _add_sums(self._train, loss.detach() * len(y), logits, y)
+        step = self.global_step
+        if (step + 1) % self.trainer.log_every_n_steps == 0 and step != self._logged_step:  # Lightning's logging steps
+            self._logged_step = step  # once per optimizer step, with gradient accumulation too
+            self._log_step(loss)
+        if self._show_progress:
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        return loss
+
+    def _log_step(self, loss):
+        # Every DDP process takes the same decision, so none is left waiting for the others.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            raise Diverged(f"training loss is {loss.item()} at step {self.global_step}")
+        metrics = {"train/loss_step": loss.item(), "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+                   "epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+
+    def on_train_start(self):
+        bar = self.trainer.progress_bar_callback
+        self._show_progress = bar is not None and bar.is_enabled
+
+    def on_train_epoch_start(self):
+        self._train = None
+
+    def _means(self, sums, loss_key: str, acc_key: str) -> dict:
+        """Mean loss and accuracy from (loss sum, correct, count) summed over every process, logged;
+        the one host-device sync of an epoch or split."""
+        sums = sums if sums is not None else torch.zeros(3, device=self.device)
+        loss, correct, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        result = {loss_key: loss / max(count, 1), acc_key: correct / max(count, 1)}
+        self.log_dict(result)
+        return result
+
+    def finish_train_epoch(self, images_per_second: float) -> dict:
+        """The epoch's mean training loss and accuracy over every process, into its history row."""
+        result = self._means(self._train, "train/loss_epoch", "train/acc")
+        self.log("train/images_per_second", images_per_second)
+        self.epoch_row().update({"train/loss": result["train/loss_epoch"], "train/acc": result["train/acc"],
+                                 "images_per_second": images_per_second})
+        return result
+
+    # Evaluation sums exact counts over the whole split (over every DDP process) rather than
+    # averaging batch means; the sums stay on the device until the end of the split.
+    def _eval_step(self, batch):
+        x, y = batch
+        logits = self(x)
+        self._eval = _add_sums(self._eval, F.cross_entropy(logits, y, reduction="sum"), logits, y)
+
+    def _eval_end(self, split: str) -> dict:
+        sums, self._eval = self._eval, None
+        return self._means(sums, f"{split}/loss", f"{split}/acc")
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self):
+        result = self._eval_end("val")
+        if not self.trainer.sanity_checking:
+            self.epoch_row().update(result)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["normlab"] = {"history": self.history, "fit_seconds": self.fit_seconds + self.fit_elapsed()}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("normlab", {})
+        self.history, self.fit_seconds = list(state.get("history", [])), state.get("fit_seconds", 0.0)
+
+    def on_fit_start(self):
+        self._fit_t0 = time.perf_counter()
+
+    def fit_elapsed(self) -> float:
+        """Seconds in fit in this process (earlier attempts of the run: `fit_seconds`)."""
+        return time.perf_counter() - getattr(self, "_fit_t0", time.perf_counter())
+
+    def configure_optimizers(self):
+        optimizer = hydra.utils.instantiate(self.optim_cfg.optimizer)(
+            param_groups(self.net, self.optim_cfg.weight_decay_norm), lr=self.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = warmup_steps(self.optim_cfg.warmup_epochs, total, self.trainer.max_epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,162 @@
+"""What a run is and what it leaves behind: its identity, summary.json, the run-directory lock.
+
+A run's identity is a short hash of its resolved config, leaving out settings that do not
+change what is trained (logging, progress bars, where data files live, Hydra's own
+settings). The run directory and the W&B run id derive from it, so relaunching a sweep
+finds every run it already did. Free of Lightning: the report reads summaries through here.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .secrets import redact
+
+# Dotted config keys that never change the trained model, so they stay out of the identity.
+NOT_IDENTITY = (
+    "hydra", "logger", "experiment_name", "progress_bar", "progress_bar_refresh", "checkpoint",
+    "data.root", "data.download", "data.num_workers", "data.system_dir",
+    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
+    "num_threads", "perf",
+)
+# Keys added after runs had been named, left out of the identity while they hold the value
+# that trains what runs trained before the key existed; so relaunching an older sweep still
+# finds its runs. Any other value is part of the identity.
+NEUTRAL_WHEN_ABSENT = {
+    "norm.sync": False,
+    "trainer.num_nodes": 1,
+    "trainer.strategy": "auto",
+    "data.pipeline": "memory",
+}
+SUMMARY_FILE = "summary.json"
+# The three batch sizes a run records (README "Three batch sizes").
+BATCH_KEYS = ("per_device_batch_size", "world_size", "optimization_batch_size", "normalization_batch_size")
+
+
+def identity_source(cfg) -> dict:
+    """The resolved config as the identity sees it: what is trained, and nothing else."""
+    keys = [k for k in cfg.keys() if k != "hydra"]  # resolving hydra.* here would recurse
+    tree = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    for dotted in NOT_IDENTITY:
+        node, leaf = _parent(tree, dotted)
+        node.pop(leaf, None)
+    for dotted, neutral in NEUTRAL_WHEN_ABSENT.items():
+        node, leaf = _parent(tree, dotted)
+        if leaf in node and node[leaf] == neutral:
+            del node[leaf]
+    return tree
+
+
+def _parent(tree: dict, dotted: str) -> tuple[dict, str]:
+    """The dict holding `dotted`'s last key (an empty one where the path does not exist)."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.get(p, {}) if isinstance(node, dict) else {}
+    return (node if isinstance(node, dict) else {}), leaf
+
+
+def identity(cfg) -> str:
+    """8 hex characters that name the trained configuration."""
+    blob = json.dumps(identity_source(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def wandb_run_id(cfg) -> str:
+    """The W&B run id: the identity within its experiment (the same config in two experiments
+    is two W&B runs)."""
+    return hashlib.sha1(f"{cfg.experiment_name}/{identity(cfg)}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# summary.json
+# ---------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def start_summary(cfg, out_dir: Path) -> dict:
+    """The summary of a run that has just started: what it is, not yet what it gave."""
+    return {
+        "status": "running", "norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name,
+        "batch_size": cfg.data.batch_size, "seed": cfg.seed, "epochs": cfg.trainer.max_epochs,
+        "run_name": cfg.run_name, "experiment": cfg.experiment_name, "identity": identity(cfg),
+        "output_dir": str(out_dir), "started_at": _now(),
+        "config": redact(OmegaConf.to_container(cfg, resolve=True)),
+    }
+
+
+def results(history: list[dict], test: dict) -> dict:
+    """What a completed run gave: test, best and final validation, throughput, the curve."""
+    validated = [row for row in history if row.get("val/acc") is not None]
+    best = max(validated, key=lambda row: row["val/acc"], default=None)
+    ips = [row["images_per_second"] for row in history if row.get("images_per_second")]
+    return {
+        "status": "completed", "epochs_completed": len(history),
+        "best_val_acc": best["val/acc"] if best else None, "best_epoch": best["epoch"] if best else None,
+        "final_val_acc": validated[-1]["val/acc"] if validated else None,
+        "test_acc": test["test/acc"], "test_loss": test["test/loss"],
+        "images_per_second": sum(ips) / len(ips) if ips else None, "history": history,
+    }
+
+
+def write_summary(out_dir: Path, summary: dict, started: float) -> None:
+    """Stamp the end time and wall-clock seconds since `started` (time.time()), write summary.json."""
+    summary.update(finished_at=_now(), wall_seconds=time.time() - started)
+    write_json(Path(out_dir) / SUMMARY_FILE, summary)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write atomically (temp file + rename): a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# One trainer per run directory at a time
+# ---------------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive lock on <run dir>/.lock, released by the OS if its holder dies."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.acquired, self.holder, self._file = False, None, None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            self.holder = self._file.read().strip() or "unknown"
+            return self
+        self.acquired = True
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()  # closing releases the lock
+        return False

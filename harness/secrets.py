@@ -1,0 +1,58 @@
+"""A W&B key, or anything named like a key or token, never reaches a file NormLab writes.
+
+Values come from two places: environment variables named like secrets (their values are
+replaced wherever they appear) and config keys or command-line assignments named like
+secrets (their values are replaced).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|passw(or)?d|credential|auth)", re.IGNORECASE)
+REDACTED = "<redacted>"
+_SECRET_ASSIGNMENT = re.compile(r"([\w.+~]*(?:api[_-]?key|token|secret|passw(?:or)?d|credential|auth)\w*\s*[:=]\s*)([^\s,'\]]+)",
+                                re.IGNORECASE)
+
+
+def _secret_values() -> list[str]:
+    """Values of environment variables named like secrets (long enough to be one), longest first."""
+    return sorted((v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8), key=len, reverse=True)
+
+
+def scrub(text: str) -> str:
+    """Replace every secret environment value in a string."""
+    for value in _secret_values():
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def redact(obj):
+    """A copy of a config tree with secret-named keys and secret values replaced."""
+    if isinstance(obj, dict):
+        return {k: REDACTED if SECRET_NAME.search(str(k)) and obj[k] not in (None, "") else redact(v)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return scrub(obj)
+    return obj
+
+
+def scrub_assignments(text: str) -> str:
+    """`my_api_key=...` and secret environment values replaced (a command line, a Hydra file)."""
+    return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, scrub(text))
+
+
+def scrub_argv(argv: list[str]) -> list[str]:
+    return [scrub_assignments(a) for a in argv]
+
+
+def scrub_files(paths) -> None:
+    """Redact secrets from files Hydra wrote (the command line it records may hold one)."""
+    for path in paths:
+        text = Path(path).read_text()
+        clean = scrub_assignments(text)
+        if clean != text:
+            Path(path).write_text(clean)

@@ -1,0 +1,149 @@
+"""ln, in, gn and the no-norm control: norms whose statistics are per sample.
+
+Affine parameters (gamma, beta) are per channel for every kind, so every kind has the same
+parameter count and the identities gn(G=1) == ln (nchw) and gn(G=C) == in (affine) hold.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Norm, register
+
+LN_SCOPES = ("token", "sample")
+
+
+class _SampleLayerNorm(nn.Module):
+    """ln over every axis but the batch, with per-channel gamma/beta (channel is `channel_dim`)
+    passed to F.layer_norm as stride-0 views of the full shape: one fused op that saves half the
+    activations for backward and runs faster than normalizing and then scaling (BENCHMARKS.md)."""
+
+    channel_dim = 1
+
+    def __init__(self, num_channels: int, eps: float, affine: bool):
+        super().__init__()
+        self.num_channels, self.eps, self.affine = num_channels, eps, affine
+        self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def extra_repr(self):
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+    def forward(self, x):
+        shape = x.shape[1:]
+        if not self.affine:
+            return F.layer_norm(x, shape, eps=self.eps)
+        view = [1] * len(shape)
+        view[self.channel_dim - 1 if self.channel_dim > 0 else self.channel_dim] = self.num_channels
+        return F.layer_norm(x, shape, self.weight.view(view).expand(shape), self.bias.view(view).expand(shape), self.eps)
+
+
+class LayerNormCHW(_SampleLayerNorm):
+    """ln over (C, H, W) per sample; not ConvNeXt's channels-only 'LayerNorm2d'."""
+
+
+class LayerNormLC(_SampleLayerNorm):
+    """ln over (L, C) per sample for (N, L, C) tokens (scope="sample")."""
+
+    channel_dim = -1
+
+
+def _ln_maps(num_channels, eps, affine, scope):
+    if scope not in (None, "sample"):
+        raise ValueError(
+            f"ln scope {scope!r} is not available for layout 'nchw': ln on CNN maps "
+            "normalizes over (C, H, W) per sample (scope 'sample'). Per-pixel "
+            "normalization over channels (ConvNeXt's LayerNorm2d) is a different layer."
+        )
+    return LayerNormCHW(num_channels, eps, affine)
+
+
+def _ln_tokens(num_channels, eps, affine, scope):
+    scope = scope or "token"
+    if scope not in LN_SCOPES:
+        raise ValueError(f"unknown ln scope {scope!r}; valid scopes: {', '.join(map(repr, LN_SCOPES))}")
+    if scope == "token":  # the Transformer convention: over C per token
+        return nn.LayerNorm(num_channels, eps=eps, elementwise_affine=affine)
+    return LayerNormLC(num_channels, eps, affine)
+
+
+register(Norm(
+    kind="ln",
+    layers={"nchw": _ln_maps, "nlc": _ln_tokens},
+    options={"eps": 1e-5, "affine": True, "scope": None},
+    classes=(LayerNormCHW, nn.LayerNorm, LayerNormLC),
+))
+
+
+class TokenInstanceNorm(nn.InstanceNorm1d):
+    """in over L per sample and channel for (N, L, C) tokens."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+register(Norm(
+    kind="in",
+    layers={"nchw": nn.InstanceNorm2d, "nlc": TokenInstanceNorm},
+    options={"eps": 1e-5, "momentum": 0.1, "affine": False, "track_running_stats": False},
+    classes=(nn.InstanceNorm2d, TokenInstanceNorm),
+))
+
+
+class TokenGroupNorm(nn.GroupNorm):
+    """gn over (C/G channels, L) per sample for (N, L, C) tokens."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+def _valid_groups(groups) -> bool:
+    return isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1
+
+
+def _gn(cls):
+    def build(num_channels, num_groups, **options):
+        if not _valid_groups(num_groups) or num_channels % num_groups:
+            divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
+            raise ValueError(f"gn: num_channels={num_channels} is not divisible by num_groups={num_groups!r}; "
+                             f"valid num_groups for {num_channels} channels: {divisors}")
+        return cls(num_groups, num_channels, **options)
+    return build
+
+
+def _gn_sites(sites: list[tuple[str, int]], options: dict) -> None:
+    """Name the first layer whose channels num_groups does not divide, and the group counts
+    that would divide every layer of the model."""
+    groups = options["num_groups"]
+    bad = [(name, c) for name, c in sites if not _valid_groups(groups) or c % groups]
+    if bad:
+        name, channels = bad[0]
+        common = [g for g in range(1, min(c for _, c in sites) + 1) if all(c % g == 0 for _, c in sites)]
+        raise ValueError(
+            f"gn: num_groups={groups!r} does not divide the {channels} channels of layer '{name}'"
+            f"{f' (and {len(bad) - 1} more layers)' if len(bad) > 1 else ''}; "
+            f"group counts that divide every layer of this model: {common}"
+        )
+
+
+register(Norm(
+    kind="gn",
+    layers={"nchw": _gn(nn.GroupNorm), "nlc": _gn(TokenGroupNorm)},
+    options={"eps": 1e-5, "affine": True, "num_groups": 32},  # 32: the GN paper's
+    classes=(nn.GroupNorm, TokenGroupNorm),
+    notation={"num_groups": lambda g: f"G={g}"},
+    check_sites=_gn_sites,
+))
+
+
+class NoNorm(nn.Identity):
+    """The no-normalization control."""
+
+
+register(Norm(
+    kind="none",
+    layers={"nchw": lambda num_channels: NoNorm(), "nlc": lambda num_channels: NoNorm()},
+    options={},
+    classes=(NoNorm,),
+))
