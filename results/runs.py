@@ -1,0 +1,134 @@
+"""Read a sweep's run directories: each run's summary.json (or its Hydra config when it never
+wrote one), and the seeds the sweep asked for (multirun.yaml).
+
+A run's `key` is its resolved config flattened to dotted keys, as the run identity sees it:
+keys that do not change what is trained are left out (harness/record.py), and so are the seed
+and the run name (which holds the seed). Two runs with the same key differ only by seed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+import norms
+from harness import record
+
+NOT_SERIES = ("seed", "run_name")
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str
+    seed: int
+    config: dict  # flattened: {"norm.kind": "gn", "data.batch_size": 8, ...}, seed and run name left out
+    test_error: float | None = None  # percent
+    val_error: float | None = None  # percent, of the final model (the one tested)
+    best_epoch: int | None = None
+    images_per_second: float | None = None
+    activation_mib: float | None = None
+    history: list = field(default_factory=list)
+    csv_log: Path | None = None
+    error: str | None = None
+
+    def get(self, key: str):
+        return self.config.get(key)
+
+    @property
+    def norm_config(self) -> dict:
+        return {k.removeprefix("norm."): v for k, v in self.config.items() if k.startswith("norm.")}
+
+    @property
+    def label(self) -> str:
+        """The norm as a report names it: "bn", "bn (ghost 4)" (norms.label)."""
+        try:
+            return norms.label(self.norm_config)
+        except ValueError:  # a kind this code no longer has: its name
+            return str(self.config.get("norm.kind"))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def config_key(resolved: dict) -> dict:
+    """The flattened identity source of a resolved config, less the seed and run name."""
+    flat = flatten(record.identity_source(OmegaConf.create(resolved)))
+    return {k: v for k, v in flat.items() if k not in NOT_SERIES}
+
+
+def read_run(run_dir: Path) -> Run | None:
+    summary = record.read_summary(run_dir)
+    if summary is not None and isinstance(summary.get("config"), dict):
+        run = Run(path=run_dir, status=summary.get("status", "unknown"), seed=summary.get("seed"),
+                  config=config_key(summary["config"]), history=summary.get("history") or [], error=summary.get("error"),
+                  best_epoch=summary.get("best_epoch"), images_per_second=summary.get("images_per_second"),
+                  activation_mib=summary.get("activation_mib"))
+        if summary.get("test_acc") is not None:
+            run.test_error = 100 * (1 - summary["test_acc"])
+        if summary.get("final_val_acc") is not None:
+            run.val_error = 100 * (1 - summary["final_val_acc"])
+        if summary.get("csv_log"):
+            run.csv_log = Path(summary["csv_log"])
+        return run
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        return None
+    resolved = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)  # started, never wrote a summary
+    return Run(path=run_dir, status="incomplete", seed=resolved.get("seed"), config=config_key(resolved))
+
+
+def read_runs(runs_dir: Path, skip: Path | None = None) -> list[Run]:
+    candidates = {p.parent for p in runs_dir.rglob(record.SUMMARY_FILE)}
+    candidates |= {p.parent.parent for p in runs_dir.rglob(".hydra/config.yaml")}
+    runs = []
+    for run_dir in sorted(candidates):
+        if skip is not None and (skip == run_dir or skip in run_dir.parents):
+            continue
+        run = read_run(run_dir)
+        if run is not None:
+            runs.append(run)
+    return runs
+
+
+def requested_seeds(runs_dir: Path) -> list[int] | None:
+    """The seeds the sweep asked for (multirun.yaml; the command line wins over the recipe), or
+    None when the sweep did not sweep the seed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = runs_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    hcfg = OmegaConf.load(path).hydra
+    overrides = [f"{k}={v}" for k, v in (hcfg.sweeper.get("params") or {}).items()]
+    overrides += list(hcfg.overrides.task)
+    seeds = None
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.get_key_element() == "seed":
+            seeds = [int(v) for v in override.sweep_iterator()] if override.is_sweep_override() else [int(override.value())]
+    return seeds
+
+
+def step_curve(run: Run) -> list[tuple[int, float]]:
+    """(global step, training loss) as the run logged it to its CSV file every few steps."""
+    if run.csv_log is None or not run.csv_log.is_file():
+        return []
+    with open(run.csv_log, newline="") as f:
+        return [(int(row["step"]), float(row["train/loss_step"])) for row in csv.DictReader(f)
+                if row.get("train/loss_step") and row.get("step")]
+
+
+def as_json(value) -> str:
+    """A config value as one CSV cell."""
+    return value if isinstance(value, str) else json.dumps(value)

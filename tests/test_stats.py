@@ -1,0 +1,218 @@
+"""results.stats against values computed here from the textbook formulas, not from the code under test."""
+import dataclasses
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy.stats import t as student_t
+
+from results.stats import CONFIDENCE, Comparison, Summary, compare, holm, significant, summarize
+
+CELL = [23.1, 24.0, 22.7, 23.8, 24.4]          # test errors (%) of one cell, 5 seeds
+A = [21.3, 21.9, 22.4, 21.6]                   # two cells with different n and spread: Welch != Student
+B = [23.0, 25.8, 22.1, 24.9, 26.3, 23.7]
+
+
+def mean_sd(xs):
+    n = len(xs)
+    m = sum(xs) / n
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+
+
+def welch_by_formula(a, b, confidence=0.95):
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    va, vb = sa**2 / len(a), sb**2 / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))   # Welch-Satterthwaite
+    se = math.sqrt(va + vb)
+    diff = ma - mb
+    half = student_t.ppf((1 + confidence) / 2, df) * se
+    p = 2 * student_t.sf(abs(diff / se), df)
+    return diff, diff - half, diff + half, p
+
+
+def exact_permutation_p(a, b):
+    """Two-sided: the share of all splits of the pooled runs whose |difference of means| reaches the observed."""
+    pooled, k = list(a) + list(b), len(a)
+    observed = abs(np.mean(a) - np.mean(b))
+    diffs = []
+    for idx in itertools.combinations(range(len(pooled)), k):
+        left = [pooled[i] for i in idx]
+        right = [pooled[i] for i in range(len(pooled)) if i not in idx]
+        diffs.append(abs(np.mean(left) - np.mean(right)))
+    return sum(d >= observed - 1e-9 for d in diffs) / len(diffs)
+
+
+def assert_no_nan(result):
+    for field in dataclasses.fields(result):
+        value = getattr(result, field.name)
+        assert not (isinstance(value, float) and math.isnan(value)), f"{field.name} is nan"
+
+
+# --- summarize -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("confidence", [0.95, 0.90])
+def test_t_interval_matches_formula(confidence):
+    m, s = mean_sd(CELL)
+    half = student_t.ppf((1 + confidence) / 2, len(CELL) - 1) * s / math.sqrt(len(CELL))
+    got = summarize(CELL, confidence=confidence)
+    assert got == Summary(5, pytest.approx(m), pytest.approx(s), pytest.approx(m - half),
+                          pytest.approx(m + half), "t")
+    assert all(type(v) is float for v in (got.mean, got.std, got.ci_low, got.ci_high))
+    assert type(got.n) is int
+
+
+def test_summary_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        summarize(CELL).mean = 0.0
+
+
+@pytest.mark.parametrize("ci", ["t", "bootstrap"])
+def test_one_run_has_no_interval_and_no_runs_no_mean(ci):
+    assert summarize([23.5], ci=ci) == Summary(1, 23.5, None, None, None, ci)
+    assert summarize([], ci=ci) == Summary(0, None, None, None, None, ci)
+
+
+def test_bootstrap_is_seeded_and_plausible():
+    values = [23.1, 24.0, 22.7, 23.8, 24.4, 25.2]
+    first = summarize(values, ci="bootstrap", seed=3)
+    assert first == summarize(values, ci="bootstrap", seed=3)
+    assert (first.ci_low, first.ci_high) != (summarize(values, ci="bootstrap", seed=4).ci_low,
+                                             summarize(values, ci="bootstrap", seed=4).ci_high)
+    assert first.method == "bootstrap"
+    assert first.mean == pytest.approx(np.mean(values))
+    assert first.std == pytest.approx(np.std(values, ddof=1))
+    assert min(values) < first.ci_low < first.mean < first.ci_high < max(values)
+    # The interval is of the mean, not of the runs: much narrower than their range.
+    assert first.ci_high - first.ci_low < 0.75 * (max(values) - min(values))
+
+
+@pytest.mark.parametrize("ci", ["t", "bootstrap"])
+def test_constant_cell_has_zero_width_interval_not_nan(ci):
+    got = summarize([0.1, 0.1, 0.1], ci=ci)   # numpy's std of these is 1.7e-17, not 0: rounding must not leak
+    assert_no_nan(got)
+    assert got.std == 0.0
+    assert got.ci_low == got.ci_high == got.mean == pytest.approx(0.1)
+
+
+def test_unknown_ci_is_named_in_the_error():
+    with pytest.raises(ValueError, match=r"'bca'.*'t'.*'bootstrap'"):
+        summarize(CELL, ci="bca")
+
+
+# --- compare -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("confidence", [0.95, 0.99])
+def test_welch_matches_formula(confidence):
+    diff, low, high, p = welch_by_formula(A, B, confidence)
+    got = compare(A, B, confidence=confidence)
+    assert got == Comparison(4, 6, pytest.approx(diff), pytest.approx(low), pytest.approx(high),
+                             pytest.approx(p), "welch")
+    assert all(type(v) is float for v in (got.diff_mean, got.ci_low, got.ci_high, got.p_value))
+
+
+def test_welch_is_not_students_pooled_test():
+    # The pooled-variance p for the same data: Welch must differ from it on these unequal cells.
+    (ma, sa), (mb, sb) = mean_sd(A), mean_sd(B)
+    na, nb = len(A), len(B)
+    sp = math.sqrt(((na - 1) * sa**2 + (nb - 1) * sb**2) / (na + nb - 2))
+    p_pooled = 2 * student_t.sf(abs(ma - mb) / (sp * math.sqrt(1 / na + 1 / nb)), na + nb - 2)
+    assert compare(A, B).p_value != pytest.approx(p_pooled, rel=1e-3)
+
+
+def test_welch_with_one_constant_cell_is_defined_and_quiet():
+    a, b = [0.1, 0.1, 0.1], [22.0, 23.5, 21.8, 24.1]
+    diff, low, high, p = welch_by_formula(a, b)   # df reduces to n_b - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a constant cell is ordinary (e.g. a diverged config), not a precision issue
+        got = compare(a, b)
+    assert got == Comparison(3, 4, pytest.approx(diff), pytest.approx(low), pytest.approx(high),
+                                       pytest.approx(p), "welch")
+
+
+@pytest.mark.parametrize("a, b", [([10, 11, 12], [20, 21, 22]), ([10.2, 12.9, 11.4], [11.8, 13.1, 10.7]),
+                                  ([21.3, 21.9, 22.4, 21.6], [23.0, 22.1, 24.9, 21.7]),
+                                  # 12870 splits, more than scipy's default 9999 resamples: still exact
+                                  ([21.3, 21.9, 22.4, 21.6, 22.8, 21.1, 22.0, 23.1],
+                                   [23.0, 22.1, 24.9, 21.7, 22.6, 23.4, 22.9, 24.2])])
+def test_permutation_p_matches_enumeration(a, b):
+    got = compare(a, b, test="permutation")
+    assert got.p_value == pytest.approx(exact_permutation_p(a, b))
+    assert got.test == "permutation"
+    welch = compare(a, b)
+    assert (got.ci_low, got.ci_high, got.diff_mean) == (welch.ci_low, welch.ci_high, welch.diff_mean)
+
+
+def test_permutation_floor():
+    assert compare([10, 11, 12], [20, 21, 22], test="permutation").p_value == pytest.approx(0.1)
+    assert compare([20, 21, 22], [10, 11, 12], test="permutation").p_value == pytest.approx(0.1)
+    assert compare([10, 11], [20, 21], test="permutation").p_value == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("test", ["welch", "permutation"])
+def test_fewer_than_two_runs_gives_no_ci_or_p(test):
+    assert compare([21.0], [22.0, 23.0, 24.0], test=test) == Comparison(1, 3, -2.0, None, None, None, test)
+    assert compare([22.0, 23.0, 24.0], [21.0], test=test) == Comparison(3, 1, 2.0, None, None, None, test)
+
+
+def test_empty_cell_is_an_error():
+    with pytest.raises(ValueError, match="n_a=0"):
+        compare([], [1.0, 2.0])
+
+
+def test_two_constant_cells_welch_is_undefined_not_certain():
+    for b, perm_p in (([0.2, 0.2, 0.2], 0.1), ([0.1, 0.1, 0.1], 1.0)):
+        welch = compare([0.1, 0.1, 0.1], b)
+        assert_no_nan(welch)
+        assert (welch.ci_low, welch.ci_high, welch.p_value) == (None, None, None)
+        assert welch.diff_mean == pytest.approx(0.1 - b[0])
+        perm = compare([0.1, 0.1, 0.1], b, test="permutation")
+        assert_no_nan(perm)
+        assert (perm.ci_low, perm.ci_high) == (None, None)
+        assert perm.p_value == pytest.approx(perm_p)
+
+
+def test_unknown_test_is_named_in_the_error():
+    with pytest.raises(ValueError, match=r"'mannwhitney'.*'welch'.*'permutation'"):
+        compare(A, B, test="mannwhitney")
+
+
+# --- holm and significant ------------------------------------------------------------------------------
+
+def test_holm_hand_example():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_passes_none_through_and_does_not_count_it():
+    got = holm([None, 0.01, None, 0.04, 0.03, 0.005])
+    assert got[0] is None and got[2] is None
+    assert got[1:2] + got[3:] == pytest.approx([0.03, 0.06, 0.06, 0.02])   # m = 4, not 6
+
+
+def test_holm_caps_at_one_and_handles_empty():
+    assert holm([0.3, 0.8, 0.9]) == pytest.approx([0.9, 1.0, 1.0])
+    assert holm([]) == []
+    assert holm([None]) == [None]
+
+
+def test_holm_rejects_what_the_step_down_procedure_rejects():
+    # Textbook Holm: sort p ascending, reject H_(k) while p_(k) <= alpha / (m - k + 1), stop at the first failure.
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = list(rng.uniform(0, 0.1, size=int(rng.integers(1, 8))))
+        for alpha in (0.01, 0.05):
+            rejected = set()
+            for k, i in enumerate(np.argsort(p)):
+                if p[i] > alpha / (len(p) - k):
+                    break
+                rejected.add(int(i))
+            assert {i for i, q in enumerate(holm(p)) if q <= alpha} == rejected
+
+
+def test_significant():
+    assert significant(0.049) and not significant(0.05) and not significant(0.2)
+    assert not significant(None)
+    assert significant(0.009, alpha=0.01) and not significant(0.02, alpha=0.01)
+    assert significant(holm([0.025, 0.5])[0] - 1e-12) and not significant(holm([0.025, 0.5])[0])   # exactly 0.05
+    assert 1 - CONFIDENCE == pytest.approx(0.05)
