@@ -49,7 +49,8 @@ def make_report(cfg: DictConfig) -> Path:
     found = [facet_of[id(a)] + f for a in analyses for f in findings(a, layout.cols)]
     method = (f"{len(runs)} runs; a cell holds runs that differ only by seed. Intervals: 95% "
               f"{'Student t' if cfg.ci == 't' else 'percentile bootstrap'} of the mean; tests: "
-              f"{'Welch t-test' if cfg.test == 'welch' else 'exact permutation test'}, Holm-adjusted per table.")
+              f"{'Welch t-test' if cfg.test == 'welch' else 'exact permutation test'}, Holm-adjusted per table "
+              f"(the intervals of differences are not adjusted).")
     if layout.select:
         method += (f" Tuned per cell and seed on validation error (test error never used to choose): "
                    f"{', '.join(layout.select)}.")
