@@ -49,12 +49,20 @@ def callbacks_for(cfg: DictConfig, out_dir: Path) -> list[pl.Callback]:
     return callbacks
 
 
-def resume_point(out_dir: Path, rank_zero: bool, summary: dict) -> tuple[Path | None, int | None]:
-    """The checkpoint a run that stopped part-way resumes from, and its step."""
+def resume_point(cfg: DictConfig, out_dir: Path, rank_zero: bool, summary: dict) -> tuple[Path | None, int | None]:
+    """The checkpoint a run that stopped part-way resumes from, and its step: only its own
+    (another configuration's is refused); an unreadable one is set aside and the run starts over."""
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         return None, None
-    step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        step = state["global_step"]
+    except Exception as err:  # noqa: BLE001 - truncated, empty or not a checkpoint at all
+        if rank_zero:
+            record.set_aside(ckpt, f"unreadable checkpoint ({type(err).__name__})")
+        return None, None
+    record.check_checkpoint(state, cfg, ckpt)
     summary["resumed_from"] = {"checkpoint": str(ckpt), "global_step": step}
     if rank_zero:
         print(f"resuming {summary['run_name']} from {ckpt} (step {step})", flush=True)
@@ -71,9 +79,11 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
     started = time.time()
     summary = record.start_summary(cfg, out_dir)
     wandb_logger = module = trainer = None
+    write = rank_zero  # never over the record of another configuration's run
     with launch.ddp_job():
         try:
             build.check_config(cfg)
+            ckpt, resume_step = resume_point(cfg, out_dir, rank_zero, summary)  # before anything is written
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
             dm, net = build.data_and_net(cfg)
             summary["num_params"] = sum(p.numel() for p in net.parameters())
@@ -81,7 +91,6 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
 
             if cfg.logger.get("wandb") is not None and rank_zero:
                 wandb_logger = loggers.wandb_logger(cfg, out_dir)
-            ckpt, resume_step = resume_point(out_dir, rank_zero, summary)
             run_loggers = []
             if rank_zero:
                 csv_logger = loggers.ResumableCSVLogger(out_dir, resume_step)
@@ -104,7 +113,8 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
                            precision=str(trainer.precision))
             if wandb_logger:  # the batch sizes, to group and filter by in the W&B workspace
                 wandb_logger.experiment.config.update({k: summary[k] for k in record.BATCH_KEYS}, allow_val_change=True)
-            module = Classifier(net, cfg.optim, lr, channels_last=cfg.perf.channels_last, compile=cfg.perf.compile)
+            module = Classifier(net, cfg.optim, lr, channels_last=cfg.perf.channels_last, compile=cfg.perf.compile,
+                                identity=summary["identity"])
 
             if trainer.world_size > 1 and rank_zero:
                 launch.children_run_this_job(out_dir)
@@ -125,13 +135,16 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
             summary.update(status="interrupted", error="stopped by a signal; relaunch to resume from the checkpoint",
                            history=module.history if module else [])
             raise SystemExit(128 + signal.SIGTERM)
+        except record.NotThisRun:
+            write = False
+            raise
         except BaseException as err:
             summary.update(status="failed", error=scrub(f"{type(err).__name__}: {err}"))
             if module is not None:
                 summary["history"] = module.history
             raise
         finally:
-            if rank_zero:
+            if write:
                 record.write_summary(out_dir, summary, started)
             if wandb_logger is not None:
                 import wandb
@@ -167,13 +180,13 @@ def main(cfg: DictConfig) -> float | None:
             if not multirun:
                 sys.exit(3)
             return None
-        done = record.read_summary(out_dir)
-        if done and done.get("status") == "completed":
-            # Same config, same directory: a relaunched sweep skips what it already did.
-            print(f"{cfg.run_name}: already completed, test accuracy {done['test_acc']:.2%}; "
-                  f"skipping (delete {out_dir} to train it again)", flush=True)
-            return done["test_acc"]
         try:
+            done = record.own_summary(out_dir, cfg)  # refuses another configuration's directory
+            if done and done.get("status") == "completed":
+                # Same config, same directory: a relaunched sweep skips what it already did.
+                print(f"{cfg.run_name}: already completed, test accuracy {done['test_acc']:.2%}; "
+                      f"skipping (delete {out_dir} to train it again)", flush=True)
+                return done["test_acc"]
             summary = run(cfg, out_dir)
         except USER_ERRORS as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -63,9 +63,10 @@ class Classifier(pl.LightningModule):
     """
 
     def __init__(self, net: torch.nn.Module, optim: DictConfig, lr: float, channels_last: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, identity: str | None = None):
         super().__init__()
         self.net, self.optim_cfg, self.lr = net, optim, lr
+        self.identity = identity  # written into checkpoints, so a resume can check whose they are
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -169,7 +170,8 @@ class Classifier(pl.LightningModule):
         self._eval_end("test")
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["normlab"] = {"history": self.history, "fit_seconds": self.fit_seconds + self.fit_elapsed()}
+        checkpoint["normlab"] = {"history": self.history, "fit_seconds": self.fit_seconds + self.fit_elapsed(),
+                                 "identity": self.identity}
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("normlab", {})

@@ -131,6 +131,54 @@ def read_summary(run_dir: Path) -> dict | None:
         return None
 
 
+class NotThisRun(ValueError):
+    """A run directory (or checkpoint) belongs to another configuration."""
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Move an unreadable file out of the way, keeping it: <name>.unreadable-<time>."""
+    kept = path.with_name(f"{path.name}.unreadable-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+    os.replace(path, kept)
+    print(f"{path}: {why}; kept as {kept.name}, starting from what is sound", flush=True)
+    return kept
+
+
+def own_summary(run_dir: Path, cfg) -> dict | None:
+    """The summary a run left in `run_dir`, after checking that it is this configuration's.
+
+    A summary that cannot be read is set aside (and None returned: the run starts again); one
+    written by another configuration (its identity differs) is refused with NotThisRun, so a
+    directory reused for another config never reports the other run's result as this one's."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+        if not isinstance(done, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        set_aside(path, f"unreadable summary ({type(err).__name__})")
+        return None
+    _check_identity(done.get("identity"), cfg, f"{run_dir} holds the run of another configuration", done)
+    return done
+
+
+def _check_identity(found, cfg, where: str, details: dict | None = None) -> None:
+    asked = identity(cfg)
+    if found is not None and found != asked:
+        what = ""
+        if details and details.get("run_name"):
+            what = f" ({details['run_name']})"
+        raise NotThisRun(f"{where}: identity {found}{what}, while this config is {asked} ({cfg.run_name}); "
+                         f"use another directory (hydra.run.dir / hydra.sweep.dir) or delete it")
+
+
+def check_checkpoint(state: dict, cfg, path: Path) -> None:
+    """Refuse a checkpoint that another configuration wrote (checkpoints from before identities
+    were recorded in them are accepted)."""
+    _check_identity((state.get("normlab") or {}).get("identity"), cfg, f"{path} was written by another configuration")
+
+
 # ---------------------------------------------------------------------------------------
 # One trainer per run directory at a time
 # ---------------------------------------------------------------------------------------

@@ -281,3 +281,59 @@ def test_a_planted_key_never_reaches_a_file_or_the_console(tmp_path):
         assert secret not in console
         leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
         assert leaks == [], f"{secret} found in {leaks}"
+
+
+# ---------------------------------------------------------------------------------------
+# A run trusts no directory, summary or checkpoint that is not its own
+# ---------------------------------------------------------------------------------------
+TINY = ["data=synthetic", "data.train_size=256", "data.batch_size=16", "trainer.max_epochs=1", "logger=csv"]
+
+
+def _one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_directory_or_checkpoint_of_another_configuration_is_refused(tmp_path):
+    env = clean_env()
+    env.pop("HYDRA_FULL_ERROR")
+    bn_dir = tmp_path / "bn"
+    run_train(*TINY, "norm=bn", f"hydra.run.dir={bn_dir}")
+    bn = json.loads((bn_dir / "summary.json").read_text())
+    # relaunching a finished bn run's directory with gn: refused, never reported as gn's
+    proc = run_train(*TINY, "norm=gn", "norm.num_groups=4", f"hydra.run.dir={bn_dir}", env=env, check=False)
+    line = _one_line_error(proc)
+    assert line.startswith(f"error: {bn_dir} holds the run of another configuration: identity {bn['identity']} "
+                           f"(bn-resnet20-bs16-s0), while this config is ")
+    assert "(gn-resnet20-bs16-s0)" in line and "epoch 1/1" not in proc.stdout
+    assert json.loads((bn_dir / "summary.json").read_text()) == bn  # untouched
+    # bn's checkpoint in a directory where gn is asked to run: refused before anything is written
+    gn_dir = tmp_path / "gn"
+    (gn_dir / "checkpoints").mkdir(parents=True)
+    (gn_dir / "checkpoints" / "last.ckpt").write_bytes((bn_dir / "checkpoints" / "last.ckpt").read_bytes())
+    proc = run_train(*TINY, "norm=gn", "norm.num_groups=4", f"hydra.run.dir={gn_dir}", env=env, check=False)
+    assert f"{gn_dir / 'checkpoints' / 'last.ckpt'} was written by another configuration: identity {bn['identity']}" \
+        in _one_line_error(proc)
+    assert not (gn_dir / "summary.json").exists() and not (gn_dir / "metrics.csv").exists()
+
+
+def test_unreadable_summary_and_checkpoint_are_set_aside_and_the_run_goes_on(tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(*TINY, f"hydra.run.dir={run_dir}")
+    first = json.loads((run_dir / "summary.json").read_text())
+    # a truncated summary: kept aside; the run resumes from its (sound) final checkpoint and completes
+    (run_dir / "summary.json").write_text('{"status": "compl')
+    proc = run_train(*TINY, f"hydra.run.dir={run_dir}")
+    (kept,) = run_dir.glob("summary.json.unreadable-*")
+    assert kept.read_text() == '{"status": "compl' and "unreadable summary" in proc.stdout
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert again["status"] == "completed" and again["test_acc"] == first["test_acc"] and "resumed_from" in again
+    # an empty checkpoint (and no summary): kept aside; the run trains from the start
+    (run_dir / "summary.json").unlink()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    proc = run_train(*TINY, f"hydra.run.dir={run_dir}")
+    assert len(list((run_dir / "checkpoints").glob("last.ckpt.unreadable-*"))) == 1 and "epoch 1/1" in proc.stdout
+    third = json.loads((run_dir / "summary.json").read_text())
+    assert third["status"] == "completed" and "resumed_from" not in third
+    assert third["test_acc"] == first["test_acc"]  # the same seed trained from the start: the same result
