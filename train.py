@@ -36,6 +36,7 @@ launch.prepare_process()  # before @hydra.main composes: the run directory's ${i
 # not a traceback (HYDRA_FULL_ERROR=1 shows the traceback).
 USER_ERRORS = (ValueError, FileNotFoundError, OmegaConfBaseException, InstantiationException)
 FAILED_RUNS: list[str] = []  # jobs of a multirun that failed, listed when the sweep ends
+RERUN = ("none", "stale")  # rerun=stale: train again what another commit completed
 
 
 def callbacks_for(cfg: DictConfig, out_dir: Path) -> list[pl.Callback]:
@@ -60,7 +61,7 @@ def resume_point(cfg: DictConfig, out_dir: Path, rank_zero: bool, summary: dict)
         step = state["global_step"]
     except Exception as err:  # noqa: BLE001 - truncated, empty or not a checkpoint at all
         if rank_zero:
-            record.set_aside(ckpt, f"unreadable checkpoint ({type(err).__name__})")
+            record.set_aside(ckpt, f"unreadable checkpoint ({type(err).__name__}), starting over")
         return None, None
     record.check_checkpoint(state, cfg, ckpt)
     summary["resumed_from"] = {"checkpoint": str(ckpt), "global_step": step}
@@ -144,12 +145,14 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
                 summary["history"] = module.history
             raise
         finally:
-            if write:
-                record.write_summary(out_dir, summary, started)
+            # W&B first: the summary is the run's last word, so a kill before it leaves a run that
+            # a relaunch trains (and logs) again, never a summary beside an unfinished W&B run.
             if wandb_logger is not None:
                 import wandb
 
                 wandb.finish(exit_code=0 if summary["status"] == "completed" else 1)
+            if write:
+                record.write_summary(out_dir, summary, started)
 
 
 def train_other_rank(cfg: DictConfig, out_dir: Path) -> None:
@@ -182,10 +185,18 @@ def main(cfg: DictConfig) -> float | None:
             return None
         try:
             done = record.own_summary(out_dir, cfg)  # refuses another configuration's directory
-            if done and done.get("status") == "completed":
+            if cfg.rerun not in RERUN:
+                raise ValueError(f"rerun must be one of {', '.join(RERUN)}, got {cfg.rerun!r}")
+            stale = record.stale(done) if done and done.get("status") == "completed" else None
+            if stale and cfg.rerun == "stale":
+                for path in (out_dir / record.SUMMARY_FILE, out_dir / "checkpoints" / "last.ckpt"):
+                    if path.is_file():
+                        record.set_aside(path, f"{stale}; rerun=stale trains it again", tag="stale")
+            elif done and done.get("status") == "completed":
                 # Same config, same directory: a relaunched sweep skips what it already did.
-                print(f"{cfg.run_name}: already completed, test accuracy {done['test_acc']:.2%}; "
-                      f"skipping (delete {out_dir} to train it again)", flush=True)
+                print(f"{cfg.run_name}: already completed, test accuracy {done['test_acc']:.2%}; skipping "
+                      + (f"({stale}: rerun=stale trains it again)" if stale else f"(delete {out_dir} to train it again)"),
+                      flush=True)
                 return done["test_acc"]
             summary = run(cfg, out_dir)
         except USER_ERRORS as err:

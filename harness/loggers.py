@@ -25,7 +25,7 @@ def wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:
     # Flat keys to group and filter by in the W&B workspace; the whole resolved config under "cfg".
     config = {"norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name,
               "batch_size": cfg.data.batch_size, "seed": cfg.seed, "epochs": cfg.trainer.max_epochs,
-              "experiment": cfg.experiment_name, "identity": record.identity(cfg),
+              "experiment": cfg.experiment_name, "identity": record.identity(cfg), "code": record.code_version(),
               "cfg": redact(OmegaConf.to_container(cfg, resolve=True))}
     # The id derives from the run's identity and resume="allow": a relaunched run continues the
     # same W&B run (offline: one offline-run-* directory per attempt, same id). A W&B agent

@@ -11,8 +11,11 @@ import fcntl
 import hashlib
 import json
 import os
+import subprocess
 import time
 from datetime import datetime, timezone
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -24,7 +27,7 @@ NOT_IDENTITY = (
     "hydra", "logger", "experiment_name", "progress_bar", "progress_bar_refresh", "checkpoint",
     "data.root", "data.download", "data.num_workers", "data.system_dir",
     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
-    "num_threads", "perf",
+    "num_threads", "perf", "rerun",
 )
 # Keys added after runs had been named, left out of the identity while they hold the value
 # that trains what runs trained before the key existed; so relaunching an older sweep still
@@ -82,13 +85,46 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("torch", "pytorch-lightning", "hydra-core", "wandb")
+
+
+@cache
+def code_version() -> dict:
+    """The code that trains: the repository's commit and whether its tracked files had changes,
+    and the versions of the packages that shape a run. A relaunch compares the commit."""
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    version = {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
+    for package in PACKAGES:
+        try:
+            version[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version[package] = None
+    return version
+
+
+def stale(done: dict) -> str | None:
+    """Why a completed run's result may not be what this code would give (another commit), or None."""
+    then, now = (done.get("code") or {}).get("commit"), code_version()["commit"]
+    if then is None or now is None or then == now:
+        return None
+    return f"completed by other code (commit {then[:8]}, this is {now[:8]})"
+
+
 def start_summary(cfg, out_dir: Path) -> dict:
     """The summary of a run that has just started: what it is, not yet what it gave."""
     return {
         "status": "running", "norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name,
         "batch_size": cfg.data.batch_size, "seed": cfg.seed, "epochs": cfg.trainer.max_epochs,
         "run_name": cfg.run_name, "experiment": cfg.experiment_name, "identity": identity(cfg),
-        "output_dir": str(out_dir), "started_at": _now(),
+        "output_dir": str(out_dir), "started_at": _now(), "code": code_version(),
         "config": redact(OmegaConf.to_container(cfg, resolve=True)),
     }
 
@@ -135,11 +171,11 @@ class NotThisRun(ValueError):
     """A run directory (or checkpoint) belongs to another configuration."""
 
 
-def set_aside(path: Path, why: str) -> Path:
-    """Move an unreadable file out of the way, keeping it: <name>.unreadable-<time>."""
-    kept = path.with_name(f"{path.name}.unreadable-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+def set_aside(path: Path, why: str, tag: str = "unreadable") -> Path:
+    """Move a file out of the way, keeping it: <name>.<tag>-<time>."""
+    kept = path.with_name(f"{path.name}.{tag}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
     os.replace(path, kept)
-    print(f"{path}: {why}; kept as {kept.name}, starting from what is sound", flush=True)
+    print(f"{path}: {why}; kept as {kept.name}", flush=True)
     return kept
 
 
@@ -157,7 +193,7 @@ def own_summary(run_dir: Path, cfg) -> dict | None:
         if not isinstance(done, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as err:
-        set_aside(path, f"unreadable summary ({type(err).__name__})")
+        set_aside(path, f"unreadable summary ({type(err).__name__}), starting from what is sound")
         return None
     _check_identity(done.get("identity"), cfg, f"{run_dir} holds the run of another configuration", done)
     return done

@@ -337,3 +337,32 @@ def test_unreadable_summary_and_checkpoint_are_set_aside_and_the_run_goes_on(tmp
     third = json.loads((run_dir / "summary.json").read_text())
     assert third["status"] == "completed" and "resumed_from" not in third
     assert third["test_acc"] == first["test_acc"]  # the same seed trained from the start: the same result
+
+
+def test_summary_records_its_code_and_a_run_of_other_code_is_said_and_retrained_on_request(tmp_path):
+    from importlib import metadata
+
+    run_dir = tmp_path / "run"
+    run_train("data=synthetic", "data.train_size=256", "data.batch_size=16", "trainer.max_epochs=1",
+              "logger.wandb.mode=offline", f"hydra.run.dir={run_dir}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert summary["code"]["commit"] == head and isinstance(summary["code"]["dirty"], bool)
+    assert summary["code"]["torch"] == metadata.version("torch") and summary["code"]["wandb"] == metadata.version("wandb")
+    # the summary is the run's last word: written after W&B finished its run
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    assert (run_dir / "summary.json").stat().st_mtime_ns >= wandb_file.stat().st_mtime_ns
+
+    summary["code"]["commit"] = "0" * 40  # as if another commit had completed it
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    proc = run_train(*TINY, f"hydra.run.dir={run_dir}", "logger=csv")
+    assert f"completed by other code (commit 00000000, this is {head[:8]}): rerun=stale trains it again" in proc.stdout
+    assert "epoch 1/1" not in proc.stdout
+    proc = run_train(*TINY, f"hydra.run.dir={run_dir}", "logger=csv", "rerun=stale")
+    assert "epoch 1/1" in proc.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["code"]["commit"] == head
+    assert len(list(run_dir.glob("summary.json.stale-*"))) == 1 and len(list(run_dir.glob("checkpoints/last.ckpt.stale-*"))) == 1
+    env = clean_env()
+    env.pop("HYDRA_FULL_ERROR")
+    assert _one_line_error(run_train(*TINY, f"hydra.run.dir={run_dir}", "rerun=always", env=env, check=False)) == \
+        "error: rerun must be one of none, stale, got 'always'"
