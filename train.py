@@ -84,6 +84,11 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
     with launch.ddp_job():
         try:
             build.check_config(cfg)
+            debug = build.debug_settings(cfg)
+            if debug:  # recorded, but never counted as a result
+                summary.update(result=False, debug=debug)
+                print(f"{cfg.run_name}: debug run ({', '.join(f'{k}={v}' for k, v in debug.items())}): its summary "
+                      "says result=false and reports leave it out", flush=True)
             ckpt, resume_step = resume_point(cfg, out_dir, rank_zero, summary)  # before anything is written
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
             dm, net = build.data_and_net(cfg)

@@ -44,6 +44,25 @@ def check_config(cfg: DictConfig) -> None:
                          f"({', '.join(k for k in norms.kinds() if not norms.get(k).batch_statistics)})")
 
 
+LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+
+
+def debug_settings(cfg: DictConfig) -> dict:
+    """The Trainer settings that make a run a check of the code rather than a measurement
+    (fast_dev_run, overfit_batches, a limit_*_batches below the whole split; Lightning reads an
+    integer limit as a number of batches, so limit_train_batches=1 is one batch). {} when none."""
+    trainer, out = cfg.trainer, {}
+    if trainer.get("fast_dev_run"):
+        out["trainer.fast_dev_run"] = trainer.fast_dev_run
+    if trainer.get("overfit_batches"):
+        out["trainer.overfit_batches"] = trainer.overfit_batches
+    for key in LIMITS:
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, int) or value != 1.0):
+            out[f"trainer.{key}"] = value
+    return out
+
+
 def scaled_lr(optim: DictConfig, optimization_batch: int) -> float:
     """optim.lr at optim.base_batch_size, scaled (optim.lr_scaling) to the optimisation batch."""
     return optim.lr * LR_SCALINGS[optim.lr_scaling](optimization_batch / optim.base_batch_size)

@@ -27,6 +27,7 @@ class ReportConfig:
     baseline: Optional[str] = None  # a series every other is compared with: bn
     ci: str = "t"  # t or bootstrap
     test: str = "welch"  # welch or permutation
+    include_debug: bool = False  # runs with fast_dev_run, limit_*_batches, ... (never results)
     timing: bool = False  # time every cell's configuration in turns, in this process
     timing_rounds: int = 5
     wandb: WandbReport = field(default_factory=WandbReport)

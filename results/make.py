@@ -33,7 +33,7 @@ def make_report(cfg: DictConfig) -> Path:
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"runs directory {runs_dir} does not exist")
     out_dir = Path(cfg.out_dir).expanduser().resolve() if cfg.out_dir else runs_dir / "report"
-    runs = read_runs(runs_dir, skip=out_dir)
+    runs = read_runs(runs_dir, skip=out_dir, include_debug=cfg.include_debug)
     if not runs:
         raise FileNotFoundError(f"no runs (summary.json or .hydra/config.yaml) found under {runs_dir}")
     layout = make_layout(runs, cols=cfg.cols, rows=cfg.rows, facet=cfg.facet, select=cfg.select)

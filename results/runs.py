@@ -68,9 +68,17 @@ def config_key(resolved: dict) -> dict:
     return {k: v for k, v in flat.items() if k not in NOT_SERIES}
 
 
-def read_run(run_dir: Path) -> Run | None:
+def read_run(run_dir: Path, include_debug: bool = False) -> Run | None:
+    """A run as its directory records it. A summary that cannot be read, or lacks what the report
+    needs, makes the run "malformed" (shown as such, with its Hydra config when there is one)."""
     summary = record.read_summary(run_dir)
-    if summary is not None and isinstance(summary.get("config"), dict):
+    malformed = (run_dir / record.SUMMARY_FILE).is_file() and not (
+        isinstance(summary, dict) and isinstance(summary.get("config"), dict))
+    if not malformed and summary is not None:
+        if summary.get("result") is False and not include_debug:  # a debug run (fast_dev_run, limit_*_batches)
+            print(f"report: {run_dir} is a debug run ({summary.get('debug')}): left out (include_debug=true to show it)",
+                  flush=True)
+            return None
         run = Run(path=run_dir, status=summary.get("status", "unknown"), seed=summary.get("seed"),
                   config=config_key(summary["config"]), history=summary.get("history") or [], error=summary.get("error"),
                   best_epoch=summary.get("best_epoch"), images_per_second=summary.get("images_per_second"),
@@ -84,19 +92,23 @@ def read_run(run_dir: Path) -> Run | None:
         return run
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
+        if malformed:
+            print(f"report: {run_dir / record.SUMMARY_FILE} is unreadable and there is no .hydra/config.yaml "
+                  "beside it: left out", flush=True)
         return None
     resolved = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)  # started, never wrote a summary
-    return Run(path=run_dir, status="incomplete", seed=resolved.get("seed"), config=config_key(resolved))
+    return Run(path=run_dir, status="malformed" if malformed else "incomplete", seed=resolved.get("seed"),
+               config=config_key(resolved), error="summary.json is unreadable" if malformed else None)
 
 
-def read_runs(runs_dir: Path, skip: Path | None = None) -> list[Run]:
+def read_runs(runs_dir: Path, skip: Path | None = None, include_debug: bool = False) -> list[Run]:
     candidates = {p.parent for p in runs_dir.rglob(record.SUMMARY_FILE)}
     candidates |= {p.parent.parent for p in runs_dir.rglob(".hydra/config.yaml")}
     runs = []
     for run_dir in sorted(candidates):
         if skip is not None and (skip == run_dir or skip in run_dir.parents):
             continue
-        run = read_run(run_dir)
+        run = read_run(run_dir, include_debug)
         if run is not None:
             runs.append(run)
     return runs

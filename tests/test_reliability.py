@@ -366,3 +366,23 @@ def test_summary_records_its_code_and_a_run_of_other_code_is_said_and_retrained_
     env.pop("HYDRA_FULL_ERROR")
     assert _one_line_error(run_train(*TINY, f"hydra.run.dir={run_dir}", "rerun=always", env=env, check=False)) == \
         "error: rerun must be one of none, stale, got 'always'"
+
+
+def test_debug_runs_are_recorded_as_not_results_and_left_out_of_reports(hydra_conf, tmp_path):
+    assert build.debug_settings(compose("config", overrides=["++trainer.limit_train_batches=1"])) == {
+        "trainer.limit_train_batches": 1}  # Lightning: an int is a number of batches
+    assert build.debug_settings(compose("config", overrides=["++trainer.limit_train_batches=1.0"])) == {}
+    assert build.debug_settings(compose("config", overrides=["++trainer.fast_dev_run=true"])) == {"trainer.fast_dev_run": True}
+    assert build.debug_settings(compose("config")) == {}
+
+    sweep = tmp_path / "sweep"
+    proc = run_train("-m", *TINY, "++trainer.limit_train_batches=2,1.0", f"hydra.sweep.dir={sweep}")
+    assert "debug run (trainer.limit_train_batches=2)" in proc.stdout
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    assert sorted(s.get("result", True) for s in summaries) == [False, True]
+    report = subprocess.run([sys.executable, str(REPO / "report.py"), str(sweep), "wandb.mode=disabled"], cwd=REPO,
+                            env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "is a debug run" in report.stdout
+    with open(sweep / "report" / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1  # only the real run

@@ -250,3 +250,19 @@ def test_real_sweep_over_group_count_and_lr_gives_four_series(tmp_path):
         assert float(c["test_error_mean"]) == pytest.approx(100 * (1 - s["test_acc"]), abs=1e-3)
     with open(tmp_path / "report" / "runs.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
+
+
+def test_a_malformed_summary_is_shown_as_such_and_the_rest_reported(hydra_conf, tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, [*BASE, "norm=bn"], seed, 10.0 + seed)
+    broken = fake_run(tmp_path, [*BASE, "norm=bn"], 2, 12.0)
+    (broken / ".hydra").mkdir()
+    (broken / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose("config", overrides=[*BASE, "seed=2"])))
+    (broken / "summary.json").write_text('{"status": "completed", "test_a')
+    orphan = fake_run(tmp_path, [*BASE, "norm=bn"], 3, 12.0)
+    (orphan / "summary.json").write_text("[]")  # valid JSON, not a summary, and no Hydra config
+    out, cells, _ = report(tmp_path)
+    (cell,) = cells
+    assert cell["n"] == "2" and float(cell["test_error_mean"]) == pytest.approx(10.5)
+    assert cell["problems"] == "malformed=1"
+    assert "summary.json is unreadable" in (out / "index.html").read_text()
