@@ -73,11 +73,19 @@ def start_run(requested: str, init_timeout: float, what: str = "W&B", **init_kwa
     try:
         run = attempt(mode)
     except Exception as err:  # noqa: BLE001 - W&B never fails the run: offline, else CSV only
-        wandb.finish()
-        if mode != "online":
+        # teardown, not finish: a failed online start leaves the run id held by W&B's service
+        # process, and an offline start with the same id then fails with "run ID ... is in use".
+        wandb.teardown()
+        if mode == "offline":
             print(f"{what}: could not start ({type(err).__name__}: {scrub(str(err))}); logging to CSV only", flush=True)
             return None
         why = f"online start failed ({type(err).__name__}); falling back to offline"
-        mode, run = "offline", attempt("offline")
+        try:
+            mode, run = "offline", attempt("offline")
+        except Exception as err2:  # noqa: BLE001
+            wandb.teardown()
+            print(f"{what}: could not start even offline ({type(err2).__name__}: {scrub(str(err2))}); "
+                  "logging to CSV only", flush=True)
+            return None
     print(f"{what}: {mode} ({why}); run dir {os.path.dirname(run.dir)}", flush=True)
     return run

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, WANDB, clean_env, run_train
+from conftest import REPO, WANDB, clean_env, run_train, wandb_inspect
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
@@ -386,3 +386,43 @@ def test_debug_runs_are_recorded_as_not_results_and_left_out_of_reports(hydra_co
     assert "is a debug run" in report.stdout
     with open(sweep / "report" / "runs.csv") as f:
         assert len(list(csv.DictReader(f))) == 1  # only the real run
+
+
+class _Errors(__import__("http.server").server.BaseHTTPRequestHandler):
+    """A stand-in W&B server on loopback that answers every request with an error."""
+
+    def _error(self):
+        self.send_response(500)
+        self.end_headers()
+        self.wfile.write(b'{"errors": ["stand-in"]}')
+
+    do_GET = do_POST = do_PUT = _error
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("server", ["errors", "silent"])
+def test_wandb_falls_back_to_offline_when_its_server_fails(tmp_path, server):
+    import http.server
+    import socket
+    import threading
+
+    if server == "errors":
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Errors)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        port, close = httpd.server_address[1], httpd.shutdown
+    else:  # accepts connections (the kernel's backlog) and never answers
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        port, close = sock.getsockname()[1], sock.close
+    try:
+        env = clean_env(WANDB_API_KEY="k" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{port}")
+        proc = run_train(*TINY[:-1], "logger.wandb.init_timeout=5", f"hydra.run.dir={tmp_path}", env=env)
+    finally:
+        close()
+    assert "W&B: offline (online start failed" in proc.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["wandb"]["mode"] == "offline"
+    assert wandb_inspect(next((tmp_path / "wandb").glob("offline-run-*")))["summary"]["test_acc"] == summary["test_acc"]
