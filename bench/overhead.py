@@ -142,7 +142,7 @@ def raw_run(cfg, dm, device, args) -> tuple[float, float]:
     # Trainer(max_steps=total, max_epochs=-1) gives Classifier.configure_optimizers these values
     optimizer = hydra.utils.instantiate(cfg.optim.optimizer)(param_groups(net, cfg.optim.weight_decay_norm),
                                                              lr=learning_rate(cfg))
-    warmup = warmup_steps(cfg.optim.warmup_epochs, total, -1)
+    warmup, _ = warmup_steps(cfg.optim.warmup_epochs, len(dm.train_dataloader()), total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
     loader = dm.train_dataloader()
     step = 0

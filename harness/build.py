@@ -32,7 +32,13 @@ def check_config(cfg: DictConfig) -> None:
     positive("data.batch_size", cfg.data.batch_size, numbers.Integral)
     positive("optim.lr", cfg.optim.lr)
     positive("optim.base_batch_size", cfg.optim.base_batch_size, numbers.Integral)
-    positive("trainer.max_epochs", cfg.trainer.max_epochs, numbers.Integral)
+    if not (cfg.trainer.max_epochs == -1 and (cfg.trainer.get("max_steps") or -1) > 0):  # -1: a step budget
+        positive("trainer.max_epochs", cfg.trainer.max_epochs, numbers.Integral)
+    warmup = cfg.optim.warmup_epochs
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real) or not 0 <= warmup < math.inf:
+        raise ValueError(f"optim.warmup_epochs must be a number of epochs, 0 or more, got {warmup!r}")
+    if not math.isfinite(cfg.optim.lr):
+        raise ValueError(f"optim.lr must be a positive number, got {cfg.optim.lr!r}")
     if cfg.optim.lr_scaling not in LR_SCALINGS:
         raise ValueError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {cfg.optim.lr_scaling!r}")
     if cfg.trainer.get("sync_batchnorm"):

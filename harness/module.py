@@ -29,9 +29,18 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
-def warmup_steps(warmup_epochs: float, total_steps: int, max_epochs: int) -> int:
-    """Warmup epochs as optimizer steps of a run of `total_steps` over `max_epochs` epochs."""
-    return int(warmup_epochs * (total_steps / max(max_epochs, 1)))
+def warmup_steps(warmup_epochs: float, steps_per_epoch: float, total_steps: int) -> tuple[int, str | None]:
+    """Warmup epochs as optimizer steps, and why they were capped (None if not).
+
+    Counted in the run's real optimizer steps per epoch, so a step budget (trainer.max_steps,
+    max_epochs=-1) warms up as long as an epoch budget would. A warmup as long as the whole run
+    would reach the learning rate only at its last step: it is capped to a tenth of the run."""
+    warmup = int(warmup_epochs * steps_per_epoch)
+    if warmup > 0 and warmup >= total_steps:
+        capped = max(1, total_steps // 10)
+        return capped, (f"optim.warmup_epochs={warmup_epochs} is {warmup} steps, the whole {total_steps}-step run: "
+                        f"warming up over its first {capped} steps (a tenth) instead")
+    return warmup, None
 
 
 def param_groups(net: torch.nn.Module, weight_decay_norm: bool) -> list[dict]:
@@ -187,7 +196,13 @@ class Classifier(pl.LightningModule):
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.optim_cfg.optimizer)(
             param_groups(self.net, self.optim_cfg.weight_decay_norm), lr=self.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = warmup_steps(self.optim_cfg.warmup_epochs, total, self.trainer.max_epochs)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)  # also sets num_training_batches
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):  # a step budget (max_epochs=-1): Lightning has not counted them
+            batches = len(self.trainer.datamodule.train_dataloader()) // self.trainer.world_size
+        per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
+        warmup, capped = warmup_steps(self.optim_cfg.warmup_epochs, per_epoch, total)
+        if capped and self.trainer.is_global_zero:
+            print(capped, flush=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

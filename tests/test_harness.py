@@ -125,7 +125,11 @@ def test_warmup_then_cosine_to_zero():
     assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5) and factors[110] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # decays monotonically after warmup
     assert warmup_cosine(5, 0, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert warmup_steps(0.3, 150, 3) == 15 and warmup_steps(1, 100, 4) == 25
+    assert warmup_steps(0.3, 50, 150) == (15, None) and warmup_steps(1, 25, 100) == (25, None)
+    warmup, why = warmup_steps(1, 64, 64)  # one epoch with a one-epoch warmup: capped, and said
+    assert warmup == 6 and why == ("optim.warmup_epochs=1 is 64 steps, the whole 64-step run: warming up over its "
+                                   "first 6 steps (a tenth) instead")
+    assert warmup_steps(0, 64, 64) == (0, None)
 
 
 def test_parameter_groups_spare_norms_and_biases_only_when_asked():

@@ -54,6 +54,9 @@ BAD_VALUES = [
     (["optim.lr=fast"], r"optim.lr must be a positive number, got 'fast'"),
     (["trainer.max_epochs=-1"], r"trainer.max_epochs must be a positive integer, got -1"),
     (["trainer.max_epochs=ten"], r"trainer.max_epochs must be a positive integer, got 'ten'"),
+    (["optim.warmup_epochs=-1"], r"optim.warmup_epochs must be a number of epochs, 0 or more, got -1"),
+    (["optim.lr=inf"], r"optim.lr must be a positive number, got inf"),
+    (["trainer.max_epochs=-1", "++trainer.max_steps=-1"], r"trainer.max_epochs must be a positive integer, got -1"),
     (["optim.lr_scaling=cubic"], r"optim.lr_scaling must be one of linear, sqrt, none, got 'cubic'"),
     (["model=vit", "model.hidden_dim=48", "model.num_heads=2", "norm=ln", "norm.scope=channel"],
      r"unknown ln scope 'channel'; valid scopes: 'token', 'sample'"),
@@ -426,3 +429,17 @@ def test_wandb_falls_back_to_offline_when_its_server_fails(tmp_path, server):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["wandb"]["mode"] == "offline"
     assert wandb_inspect(next((tmp_path / "wandb").glob("offline-run-*")))["summary"]["test_acc"] == summary["test_acc"]
+
+
+def test_warmup_is_counted_in_real_steps_and_never_fills_the_run(tmp_path):
+    # a one-epoch run with the default one-epoch warmup: capped to a tenth of the run, and said
+    proc = run_train(*TINY, f"hydra.run.dir={tmp_path / 'one'}")
+    assert "optim.warmup_epochs=1 is 16 steps, the whole 16-step run: warming up over its first 1 steps" in proc.stdout
+    # a step budget (Lightning's max_epochs=-1): the warmup is one epoch of 16 steps, not the 24-step run
+    run_dir = tmp_path / "steps"
+    run_train(*TINY, "trainer.max_epochs=-1", "++trainer.max_steps=24", f"hydra.run.dir={run_dir}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    with open(run_dir / "metrics.csv") as f:
+        lr = {int(r["step"]): float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")}
+    assert lr[9] == pytest.approx(summary["lr"] * 10 / 16)  # the 10th step of a 16-step warmup
