@@ -16,7 +16,8 @@ def table_html(head: list[str], body: list[list[str]], table_id: str, classes=No
         cells = [f"<th>{html.escape(row[0])}</th>"]
         for j, value in enumerate(row[1:], start=1):
             cls = classes(i, j) if classes else ""
-            cells.append(f"<td{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}>{html.escape(value)}</td>")
+            attribute = f' class="{cls}"' if cls else ""
+            cells.append(f"<td{attribute}>{html.escape(value)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     return f'<table id="{table_id}"><tr>{header}</tr>{"".join(rows)}</table>'

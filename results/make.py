@@ -47,6 +47,12 @@ def make_report(cfg: DictConfig) -> Path:
     title = f"{experiment}: {models_} on {datas}"
     facet_of = {id(a): (a.table.title + ": " if a.table.title else "") for a in analyses}
     found = [facet_of[id(a)] + f for a in analyses for f in findings(a, layout.cols)]
+    mixed = [f"{facet_of[id(a)]}{a.table.labels[s]} at {c}" for a in analyses for (s, c), cell in a.table.cells.items()
+             if len({r.commit for r in cell.chosen if r.commit}) > 1]
+    if mixed:  # same config, other code: not runs that differ only by seed
+        found.insert(0, f"Caution: {len(mixed)} cell(s) pool runs trained by different commits of NormLab "
+                        f"({', '.join(mixed[:4])}{', ...' if len(mixed) > 4 else ''}); relaunch the sweep with "
+                        "rerun=stale to retrain the older ones.")
     method = (f"{len(runs)} runs; a cell holds runs that differ only by seed. Intervals: 95% "
               f"{'Student t' if cfg.ci == 't' else 'percentile bootstrap'} of the mean; tests: "
               f"{'Welch t-test' if cfg.test == 'welch' else 'exact permutation test'}, Holm-adjusted per table "

@@ -26,6 +26,8 @@ class Run:
     status: str
     seed: int
     config: dict  # flattened: {"norm.kind": "gn", "data.batch_size": 8, ...}, seed and run name left out
+    resolved: dict = field(default_factory=dict)  # the run's resolved config, as it trained
+    commit: str | None = None  # the code that trained it (summary.json "code")
     test_error: float | None = None  # percent
     val_error: float | None = None  # percent, of the final model (the one tested)
     best_epoch: int | None = None
@@ -80,7 +82,8 @@ def read_run(run_dir: Path, include_debug: bool = False) -> Run | None:
                   flush=True)
             return None
         run = Run(path=run_dir, status=summary.get("status", "unknown"), seed=summary.get("seed"),
-                  config=config_key(summary["config"]), history=summary.get("history") or [], error=summary.get("error"),
+                  config=config_key(summary["config"]), resolved=summary["config"],
+                  commit=(summary.get("code") or {}).get("commit"), history=summary.get("history") or [], error=summary.get("error"),
                   best_epoch=summary.get("best_epoch"), images_per_second=summary.get("images_per_second"),
                   activation_mib=summary.get("activation_mib"))
         if summary.get("test_acc") is not None:
@@ -98,7 +101,7 @@ def read_run(run_dir: Path, include_debug: bool = False) -> Run | None:
         return None
     resolved = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)  # started, never wrote a summary
     return Run(path=run_dir, status="malformed" if malformed else "incomplete", seed=resolved.get("seed"),
-               config=config_key(resolved), error="summary.json is unreadable" if malformed else None)
+               config=config_key(resolved), resolved=resolved, error="summary.json is unreadable" if malformed else None)
 
 
 def read_runs(runs_dir: Path, skip: Path | None = None, include_debug: bool = False) -> list[Run]:

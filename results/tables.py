@@ -31,6 +31,15 @@ def _epoch(value) -> str:
     return str(round(value)) if abs(value - round(value)) < 1e-9 else f"{value:.1f}"
 
 
+def _spread(values: list, write) -> str:
+    """Mean and min–max over a cell's runs ('—' when none)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    mean = write(sum(values) / len(values))
+    return mean if min(values) == max(values) else f"{mean} ({write(min(values))}–{write(max(values))})"
+
+
 def marker(a: Analysis, s, c) -> str:
     if s in a.best.get(c, ()):
         return BEST
@@ -79,23 +88,27 @@ def cost_rows(a: Analysis, cols_key: str, timing: dict | None) -> tuple[list[str
     """Accuracy beside what it costs. The runs' own images/s is wall-clock throughput measured
     whenever each run trained, on whatever else the machine did then: not a fair ratio. The
     interleaved timing (when asked for) times every cell's configuration in one process, in turns."""
-    head = ["series", "batch" if cols_key == "data.batch_size" else cols_key, "test error (%)",
-            "images/s during the run", "activation MiB", "best epoch", "seeds", "not completed"]
+    head = ["series", "batch" if cols_key == "data.batch_size" else cols_key, "test error (%) [95% CI]",
+            "images/s during the run (min–max)", "activation MiB", "best epoch (min–max)", "seeds", "not completed"]
     if timing is not None:
-        head[4:4] = ["ms/step, interleaved (min–max)", "× first series"]
+        head[4:4] = ["ms/step, interleaved (min–max)", "× first series (min–max)"]
     body = []
     for c in a.table.columns:
         first = next((timing.get((s, c)) for s in a.table.series if timing and timing.get((s, c))), None)
         for s in a.table.series:
             cell, summary = a.table.cells[s, c], a.summaries[s, c]
-            row = [a.table.labels[s], str(c), _fmt(summary.mean) or "—", _fmt(cell.mean_of("images_per_second"), 0) or "—",
-                   _fmt(cell.mean_of("activation_mib"), 1) or "—", _epoch(cell.mean_of("best_epoch")),
+            error = _fmt(summary.mean) or "—"
+            if summary.ci_low is not None:
+                error += f" [{summary.ci_low:.2f}, {summary.ci_high:.2f}]"
+            row = [a.table.labels[s], str(c), error, _spread([r.images_per_second for r in cell.chosen], lambda v: f"{v:.0f}"),
+                   _fmt(cell.mean_of("activation_mib"), 1) or "—", _spread([r.best_epoch for r in cell.chosen], _epoch),
                    f"{len(cell.chosen)}/{cell.expected_seeds}",
                    ", ".join(f"{k} {v}" for k, v in cell.problems.items()) or "—"]
             if timing is not None:
                 t = timing.get((s, c))
                 row[4:4] = [f"{t['median_ms']:.1f} ({t['min_ms']:.1f}–{t['max_ms']:.1f})" if t else "—",
-                            f"{t['median_ms'] / first['median_ms']:.2f}" if t and first else "—"]
+                            f"{t['median_ms'] / first['median_ms']:.2f} ({t['min_ms'] / first['max_ms']:.2f}–"
+                            f"{t['max_ms'] / first['min_ms']:.2f})" if t and first else "—"]
             body.append(row)
     return head, body
 

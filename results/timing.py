@@ -22,13 +22,7 @@ from .runs import Run
 
 
 def _network(run: Run):
-    tree: dict = {}
-    for key, value in run.config.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = list(value) if isinstance(value, tuple) else value
+    tree = run.resolved
     dm = datasets.build(tree["data"])  # the data set's shape and classes, no files read
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -266,3 +266,30 @@ def test_a_malformed_summary_is_shown_as_such_and_the_rest_reported(hydra_conf, 
     assert cell["n"] == "2" and float(cell["test_error_mean"]) == pytest.approx(10.5)
     assert cell["problems"] == "malformed=1"
     assert "summary.json is unreadable" in (out / "index.html").read_text()
+
+
+def test_cost_table_carries_spreads_and_timing_runs_every_cell_in_turns(hydra_conf, tmp_path):
+    for norm in ("bn", "gn"):
+        for seed, e in enumerate((10.0, 12.0)):
+            fake_run(tmp_path, [*BASE, f"norm={norm}", "model.width=4", *(["norm.num_groups=2"] if norm == "gn" else [])],
+                     seed, e)
+    out, _, _ = report(tmp_path, timing=True, timing_rounds=2)
+    cost = (out / "results.md").read_text().split("#### Cost")[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in cost.splitlines()
+            if line.startswith("| bn") or line.startswith("| gn")}
+    half = sps.t.ppf(0.975, 1) * np.std([10.0, 12.0], ddof=1) / math.sqrt(2)
+    assert rows["bn"][1] == f"11.00 [{11 - half:.2f}, {11 + half:.2f}]"  # test error with its CI
+    ms, ratio = rows["gn"][3], rows["gn"][4]
+    assert float(ms.split()[0]) > 0 and "–" in ms  # median ms/step (min–max over rounds)
+    low, high = (float(v) for v in ratio.split("(")[1].rstrip(")").split("–"))
+    assert low <= float(ratio.split()[0]) <= high and rows["bn"][4].startswith("1.00")
+
+
+def test_cells_that_pool_runs_of_different_code_are_flagged(hydra_conf, tmp_path):
+    dirs = [fake_run(tmp_path, [*BASE, "norm=bn"], seed, 10.0 + seed) for seed in (0, 1)]
+    for run_dir, commit in zip(dirs, ("a" * 40, "b" * 40), strict=True):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["code"] = {"commit": commit}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    out, _, _ = report(tmp_path)
+    assert "Caution: 1 cell(s) pool runs trained by different commits of NormLab (bn at 8)" in (out / "results.md").read_text()
