@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import hydra
@@ -22,29 +23,32 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import norms
-from harness import build, launch, loggers, record
-from harness.callbacks import EpochReport, LastCheckpoint, StopOnSignal
+from harness import build, evaluation, launch, loggers, record, schema, sweep
+from harness.callbacks import EpochReport, LastCheckpoint, RngState, StopOnSignal
+from harness.diagnostics import NormDiagnostics
 from harness.module import Classifier, Diverged
-from harness.secrets import scrub, scrub_files
+from harness.secrets import ScrubbedStream, scrub, scrub_files
 
 launch.prepare_process()  # before @hydra.main composes: the run directory's ${identity:}
+schema.register()
 
 # Errors a user can cause by what they typed or where their files are: one readable line,
 # not a traceback (HYDRA_FULL_ERROR=1 shows the traceback).
-USER_ERRORS = (ValueError, FileNotFoundError, OmegaConfBaseException, InstantiationException)
-FAILED_RUNS: list[str] = []  # jobs of a multirun that failed, listed when the sweep ends
-RERUN = ("none", "stale")  # rerun=stale: train again what another commit completed
+# OSError: a full disk, a read-only or unwritable directory, a file where a directory belongs.
+USER_ERRORS = (ValueError, OSError, OmegaConfBaseException, InstantiationException, MisconfigurationException)
 
 
 def callbacks_for(cfg: DictConfig, out_dir: Path) -> list[pl.Callback]:
-    callbacks = [EpochReport(), StopOnSignal()]
+    callbacks = [EpochReport(), StopOnSignal(), RngState()]
     if cfg.progress_bar == "auto" and not sys.stdout.isatty():
         callbacks.append(TQDMProgressBar(refresh_rate=0))  # logs and CI get the epoch lines instead
     elif cfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.progress_bar_refresh))
+    if cfg.diagnostics.enabled:
+        callbacks.append(NormDiagnostics(cfg.diagnostics.every_n_steps))
     if cfg.checkpoint.enabled:  # last in the list: it saves what the callbacks above recorded
         callbacks.append(LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", cfg.checkpoint.every_n_steps))
     return callbacks
@@ -70,6 +74,23 @@ def resume_point(cfg: DictConfig, out_dir: Path, rank_zero: bool, summary: dict)
     return ckpt, step
 
 
+def statistics_evaluation(cfg: DictConfig, net, dm, world_size: int, out_dir: Path) -> dict:
+    """PreciseBN and batch-statistics accuracies (harness.evaluation) for a network with batch
+    statistics; the recalibrated statistics go beside the checkpoint, which keeps its own."""
+    if world_size > 1:
+        print("note: PreciseBN and batch-statistics evaluation run on one process only; "
+              "python eval.py <run dir> computes them for this run", flush=True)
+        return {}
+    out = evaluation.evaluate(net, dm, cfg.data.batch_size, cfg.eval.precise_bn_batches)
+    recalibrated = out.pop("_net", None)
+    if recalibrated is not None:
+        path = out_dir / "checkpoints" / "precise_bn.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record.save_atomic(recalibrated.state_dict(), path)
+        out["precise_bn_state"] = str(path)
+    return out
+
+
 def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
     """Train and test one configuration; returns the summary written to out_dir/summary.json.
 
@@ -83,7 +104,7 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
     write = rank_zero  # never over the record of another configuration's run
     with launch.ddp_job():
         try:
-            build.check_config(cfg)
+            schema.validate(cfg)
             debug = build.debug_settings(cfg)
             if debug:  # recorded, but never counted as a result
                 summary.update(result=False, debug=debug)
@@ -127,10 +148,14 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
             summary["train_seconds"] = module.fit_seconds + module.fit_elapsed()
             test = trainer.test(module, datamodule=dm, verbose=False)[0]
-            summary.update(record.results(module.history, test))
+            results = record.results(module.history, test)
+            if rank_zero:
+                results.update(statistics_evaluation(cfg, module.net, dm, trainer.world_size, out_dir))
+            summary.update(results)
             if wandb_logger:
                 wandb_logger.experiment.summary.update(
-                    {k: summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc", "images_per_second", "num_params")})
+                    {k: summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc", "images_per_second", "num_params",
+                                             *record.STATISTICS_KEYS) if k in summary})
             return summary
         except Diverged as err:
             # Not a bug: a finding. The summary says so and a sweep goes on with the next run.
@@ -157,7 +182,13 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
 
                 wandb.finish(exit_code=0 if summary["status"] == "completed" else 1)
             if write:
-                record.write_summary(out_dir, summary, started)
+                try:
+                    record.write_summary(out_dir, summary, started)
+                except OSError as err:
+                    if summary["status"] not in ("failed", "interrupted"):
+                        raise  # the run's only error: say it
+                    print(f"note: {out_dir / record.SUMMARY_FILE} could not be written either ({err.strerror or err})",
+                          file=sys.stderr, flush=True)
 
 
 def train_other_rank(cfg: DictConfig, out_dir: Path) -> None:
@@ -173,7 +204,12 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    scrub_files((out_dir / hydra_cfg.output_subdir).glob("*.yaml") if hydra_cfg.output_subdir else [])
+    if not multirun and hydra_cfg.sweeper.get("params"):
+        swept = ", ".join(f"{k}={v}" for k, v in hydra_cfg.sweeper.params.items())
+        print(f"note: this config defines a sweep ({swept}); without -m it trains one configuration "
+              f"({cfg.run_name}); add -m to run the sweep", flush=True)
+    scrub_files([*((out_dir / hydra_cfg.output_subdir).glob("*.yaml") if hydra_cfg.output_subdir else []),
+                 *([Path(hydra_cfg.sweep.dir) / "multirun.yaml"] if multirun else [])])
     try:
         launch.set_threads(cfg.num_threads, hydra_cfg.get("launcher"))
     except ValueError as err:
@@ -189,9 +225,12 @@ def main(cfg: DictConfig) -> float | None:
                 sys.exit(3)
             return None
         try:
+            try:
+                schema.validate(cfg)  # before anything in the directory is read or trusted
+            except ValueError as err:
+                record.refused(out_dir, cfg, scrub(str(err)))
+                raise
             done = record.own_summary(out_dir, cfg)  # refuses another configuration's directory
-            if cfg.rerun not in RERUN:
-                raise ValueError(f"rerun must be one of {', '.join(RERUN)}, got {cfg.rerun!r}")
             stale = record.stale(done) if done and done.get("status") == "completed" else None
             if stale and cfg.rerun == "stale":
                 for path in (out_dir / record.SUMMARY_FILE, out_dir / "checkpoints" / "last.ckpt"):
@@ -210,7 +249,11 @@ def main(cfg: DictConfig) -> float | None:
             print(f"error: {scrub(str(err))}", file=sys.stderr, flush=True)
             if not multirun:
                 sys.exit(2)
-            FAILED_RUNS.append(f"{cfg.run_name}: {scrub(str(err))}")
+            return None  # the sweep goes on; it ends with the list of failed runs (harness/sweep.py)
+        except Exception:  # a bug, not a user error: in a sweep, its traceback, and the next run
+            if not multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            traceback.print_exc()
             return None
     if summary["status"] == "diverged":
         print(f"{cfg.run_name}: diverged ({summary['error']}); summary in {out_dir}", flush=True)
@@ -221,7 +264,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.stdout, sys.stderr = ScrubbedStream(sys.stdout), ScrubbedStream(sys.stderr)
     main()
-    if FAILED_RUNS:
-        print(f"{len(FAILED_RUNS)} run(s) of the sweep failed:\n  " + "\n  ".join(FAILED_RUNS), file=sys.stderr)
+    if sweep.FAILED:
+        print(f"{len(sweep.FAILED)} run(s) of the sweep failed:\n  " + "\n  ".join(sweep.FAILED), file=sys.stderr)
         sys.exit(1)

@@ -8,8 +8,12 @@ Two pipelines (`data.pipeline`):
   not fit in memory: each image becomes a PIL image and goes through torchvision transforms
   (RandomCrop with padding, RandomHorizontalFlip, ToTensor, Normalize) in `data.num_workers`
   worker processes.
-Both see the same images in the same order (the same shuffling generator); the random crops
-and flips are drawn from different generators.
+Both see the same images in the same order (`EpochSampler`); the random crops and flips are
+drawn from different generators. The training order is a function of the run's seed and the
+epoch only, and the DataModule's state (saved in every checkpoint) says how far into its epoch
+a run got: a run resumed mid-epoch sees the rest of that epoch's images, in order, as an
+uninterrupted run would. In the dataloader pipeline each image's crop and flip are drawn from
+a generator seeded by (seed, epoch, position), so they do not depend on data.num_workers.
 """
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 DEFAULT_ROOT = Path.home() / ".cache" / "normlab" / "data"  # where downloaded or unpacked data sets go
 PIPELINES = ("memory", "dataloader")
+SPLITS = ("train", "val", "test")
 
 
 class PILImages(Dataset):
@@ -32,12 +37,55 @@ class PILImages(Dataset):
     def __len__(self):
         return len(self.y)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
         from PIL import Image
 
+        i, seed = item if isinstance(item, tuple) else (item, None)
         img = self.x[i].permute(1, 2, 0).numpy()
         img = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)
-        return self.transform(img), self.y[i]
+        if seed is None:
+            return self.transform(img), self.y[i]
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global generator
+            torch.manual_seed(seed)
+            return self.transform(img), self.y[i]
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (numpy's SeedSequence mixes them well)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class EpochSampler(Sampler):
+    """The training order: a permutation of the training set per epoch that depends on the
+    seed and the epoch only (Lightning calls `set_epoch`, under DDP through its sampler
+    wrapper). `resume(epoch, samples)` skips the samples an interrupted run had trained on in
+    that epoch. With `sample_seeds`, it yields (index, seed) pairs for per-sample augmentation."""
+
+    def __init__(self, n: int, seed: int, sample_seeds: bool = False):
+        self.n, self.seed, self.sample_seeds = n, seed, sample_seeds
+        self.epoch, self._resume = 0, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, epoch: int, samples: int) -> None:
+        self._resume = (epoch, samples)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch))).tolist()
+        start = 0
+        if self._resume is not None:
+            epoch, samples = self._resume
+            start = samples if epoch == self.epoch and samples < self.n else 0
+            self._resume = None
+        if self.sample_seeds:
+            return iter([(i, _mix(self.seed, self.epoch, pos)) for pos, i in enumerate(order)][start:])
+        return iter(order[start:])
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool) -> torch.Tensor:
@@ -81,7 +129,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.train_subset = val_size, train_subset
         self.augment, self.split_seed, self.num_workers = augment, split_seed, num_workers
-        self._splits = None
+        self._splits, self._resume = None, None
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (train_x, train_y, test_x, test_y); x uint8 (N, C, H, W), y int64 (N,)."""
@@ -130,12 +178,42 @@ class ImageDataModule(pl.LightningDataModule):
         return {k: len(v) for k, v in self._splits.items()}
 
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
+        """Every loader has its own generator: none draws from torch's global one, which only
+        the model and the batch augmentation use (and which checkpoints carry)."""
         self.setup()
-        return DataLoader(self._splits[split], batch_size=batch_size, shuffle=train, drop_last=train,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        seed = torch.initial_seed()  # the run's seed (pl.seed_everything)
+        sampler = None
+        if train:
+            sampler = EpochSampler(len(self._splits[split]), seed, sample_seeds=self.pipeline != "memory")
+            if self._resume is not None:
+                sampler.resume(*self._resume)
+                self._resume = None
+        return DataLoader(self._splits[split], batch_size=batch_size, sampler=sampler, drop_last=train,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(_mix(seed, SPLITS.index(split))))
 
     def train_dataloader(self):
         return self._loader("train", self.batch_size, train=True)
+
+    def eval_loader(self, split: str, batch_size: int, drop_last: bool = False) -> DataLoader:
+        """A split in order, in batches of `batch_size` (evaluation at another batch size:
+        harness.evaluation)."""
+        self.setup()
+        return DataLoader(self._splits[split], batch_size=batch_size, drop_last=drop_last, num_workers=self.num_workers,
+                          generator=torch.Generator().manual_seed(_mix(torch.initial_seed(), SPLITS.index(split))))
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the epoch and how many of its training samples this
+        process has trained on (the batches whose optimizer step is done)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "samples_done": done * self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("epoch") is not None:
+            self._resume = (state["epoch"], state["samples_done"])
 
     def val_dataloader(self):
         return self._loader("val", self.eval_batch_size, train=False)

@@ -1,14 +1,14 @@
-"""From a composed config to the objects a run trains with, each checked before training.
+"""From a composed (and validated, harness.schema) config to the objects a run trains with.
 
-Every error a user can cause by what they typed is raised here, as a ValueError (or
-FileNotFoundError for data) whose message names the key and what would be valid.
+An error a user can cause that only the objects reveal (a data file missing, a group count
+that does not divide a layer) is raised here, as a ValueError or FileNotFoundError whose
+message names the key and what would be valid.
 """
 from __future__ import annotations
 
 import copy
 import inspect
 import math
-import numbers
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -17,37 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import data as datasets
 import models
-import norms
 
 LR_SCALINGS = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject impossible values before anything is loaded or trained, naming what was typed."""
-    def positive(key, value, kind=numbers.Real):
-        if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
-            what = "a positive integer" if kind is numbers.Integral else "a positive number"
-            raise ValueError(f"{key} must be {what}, got {value!r}")
-
-    positive("data.batch_size", cfg.data.batch_size, numbers.Integral)
-    positive("optim.lr", cfg.optim.lr)
-    positive("optim.base_batch_size", cfg.optim.base_batch_size, numbers.Integral)
-    if not (cfg.trainer.max_epochs == -1 and (cfg.trainer.get("max_steps") or -1) > 0):  # -1: a step budget
-        positive("trainer.max_epochs", cfg.trainer.max_epochs, numbers.Integral)
-    warmup = cfg.optim.warmup_epochs
-    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real) or not 0 <= warmup < math.inf:
-        raise ValueError(f"optim.warmup_epochs must be a number of epochs, 0 or more, got {warmup!r}")
-    if not math.isfinite(cfg.optim.lr):
-        raise ValueError(f"optim.lr must be a positive number, got {cfg.optim.lr!r}")
-    if cfg.optim.lr_scaling not in LR_SCALINGS:
-        raise ValueError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {cfg.optim.lr_scaling!r}")
-    if cfg.trainer.get("sync_batchnorm"):
-        raise ValueError("trainer.sync_batchnorm=true would convert NormLab's bn layers to nn.SyncBatchNorm, which "
-                         "loses the ViT token layout and ghost batches and refuses CPU tensors; use norm.sync=true")
-    if norms.uses_batch_statistics(cfg.norm) and cfg.data.batch_size == 1:
-        raise ValueError(f"norm={cfg.norm.kind} with data.batch_size=1: batch statistics of one sample per device are "
-                         f"undefined; use a batch size of at least 2, or a norm without batch statistics "
-                         f"({', '.join(k for k in norms.kinds() if not norms.get(k).batch_statistics)})")
 
 
 LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
@@ -77,7 +48,14 @@ def scaled_lr(optim: DictConfig, optimization_batch: int) -> float:
 def data_and_net(cfg: DictConfig):
     """The DataModule (its files read and checked now) and the network, in the run's RNG state."""
     dm = datasets.build(cfg.data)
-    dm.setup()
+    try:
+        dm.setup()
+    except OSError as err:
+        if err.errno is None or err.filename is None:  # NormLab's own message already says what to do
+            raise
+        where = f"data.root={cfg.data.root}" if cfg.data.get("root") else "the default data directory"
+        raise OSError(err.errno, f"{where} cannot hold the data set: {err.strerror} ({err.filename}); "
+                                 "set data.root to a writable directory") from None
     net = models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
     return dm, net
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import signal
 import threading
 import time
@@ -65,7 +66,13 @@ class LastCheckpoint(pl.Callback):
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp, weights_only=False)  # the full state, to resume from
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # the full state, to resume from
+        except OSError as err:  # a full disk, a quota: the temporary file goes, the last checkpoint stays
+            tmp.unlink(missing_ok=True)
+            kept = f"; the last checkpoint, {self.path}, is intact" if self.path.is_file() else ""
+            raise OSError(err.errno, f"cannot write a checkpoint in {self.path.parent} "
+                                     f"({err.strerror or err}){kept}") from None
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 
@@ -82,6 +89,36 @@ class LastCheckpoint(pl.Callback):
         if isinstance(exception, SIGTERMException):
             self.save(trainer)
             print(f"checkpoint saved at step {trainer.global_step}: {self.path}", flush=True)
+
+
+class RngState(pl.Callback):
+    """Carries torch's global random generators (CPU and CUDA) and Python's in the checkpoint,
+    and puts them back when a resumed run starts training, so the batch augmentation (and
+    dropout) draw what the uninterrupted run drew. The data order has its own generators
+    (data.base.EpochSampler)."""
+
+    KEY = "normlab_rng"
+
+    def __init__(self):
+        self._loaded = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[self.KEY] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                                "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
+                                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self._loaded = checkpoint.get(self.KEY)
+
+    def on_train_start(self, trainer, pl_module):
+        # After the sanity check and the model's set-up, right before the first resumed batch.
+        state, self._loaded = self._loaded, None
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class StopOnSignal(pl.Callback):

@@ -36,9 +36,19 @@ def slurm_gpus_per_node(devices):
     return devices
 
 
+def dir_name(name) -> str:
+    """A run name as one directory name: '/' replaced and cut to 200 bytes, so that Hydra can
+    create the directory of any run name (the schema then refuses such a name in one line,
+    recorded in that directory)."""
+    name = str(name).replace("/", "_") or "_"
+    return name.encode()[:200].decode(errors="ignore")
+
+
 def register_resolvers() -> None:
-    """${identity:} (conf/hydra/default.yaml) and ${slurm_gpus_per_node:...} (the SLURM launcher)."""
+    """${identity:} and ${dir_name:...} (conf/hydra/default.yaml), ${slurm_gpus_per_node:...}
+    (the SLURM launcher)."""
     OmegaConf.register_new_resolver("identity", lambda *, _root_: record.identity(_root_), replace=True)
+    OmegaConf.register_new_resolver("dir_name", dir_name, replace=True)
     OmegaConf.register_new_resolver("slurm_gpus_per_node", slurm_gpus_per_node, replace=True)
 
 
@@ -48,6 +58,9 @@ def prepare_process() -> None:
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     # conf/hydra/launcher/submitit_slurm.yaml replaces the plugin's config of the same name on purpose.
     warnings.filterwarnings("ignore", message=r"(?s).*'hydra/launcher/submitit_slurm' is validated against ConfigStore schema")
+    # A run resumed mid-epoch continues its epoch's order from the DataModule's state in the
+    # checkpoint (data.base.EpochSampler), not from a stateful DataLoader that Lightning looks for.
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     # val/* and test/* are summed over every DDP process before they are logged; train/* epoch
     # values are too (harness.module); syncing through self.log would all-reduce every step.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|train)/")

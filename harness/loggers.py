@@ -10,7 +10,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from . import record
-from .secrets import redact
+from .secrets import redact, scrub
 from .wandb_mode import start_run
 
 # Epoch-level curves are drawn against epochs in the W&B workspace, step curves against steps.
@@ -30,16 +30,17 @@ def wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:
     # The id derives from the run's identity and resume="allow": a relaunched run continues the
     # same W&B run (offline: one offline-run-* directory per attempt, same id). A W&B agent
     # chooses the run id itself (WANDB_RUN_ID).
-    run = start_run(wcfg.mode, wcfg.init_timeout, project=wcfg.project, entity=wcfg.entity, name=cfg.run_name,
-                    group=wcfg.group, tags=tags, dir=str(out_dir), config=config, resume="allow",
-                    id=None if os.environ.get("WANDB_SWEEP_ID") else record.wandb_run_id(cfg))
+    # Every string handed to W&B is scrubbed of secret values (W&B writes them to its files).
+    run = start_run(wcfg.mode, wcfg.init_timeout, project=scrub(wcfg.project), entity=redact(wcfg.entity),
+                    name=scrub(cfg.run_name), group=scrub(wcfg.group), tags=[scrub(t) for t in tags], dir=str(out_dir),
+                    config=config, resume="allow", id=None if os.environ.get("WANDB_SWEEP_ID") else record.wandb_run_id(cfg))
     if run is None:
         return None
     # The x-axes WandbLogger sets on runs it starts itself; then epochs for the epoch curves.
     run.define_metric("trainer/global_step")
     run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
     run.define_metric("epoch")
-    for key in EPOCH_METRICS:
+    for key in (*EPOCH_METRICS, "diag/*"):
         run.define_metric(key, step_metric="epoch")
     return WandbLogger(experiment=run, save_dir=str(out_dir))
 

@@ -27,7 +27,7 @@ NOT_IDENTITY = (
     "hydra", "logger", "experiment_name", "progress_bar", "progress_bar_refresh", "checkpoint",
     "data.root", "data.download", "data.num_workers", "data.system_dir",
     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
-    "num_threads", "perf", "rerun",
+    "num_threads", "perf", "rerun", "eval", "diagnostics",
 )
 # Keys added after runs had been named, left out of the identity while they hold the value
 # that trains what runs trained before the key existed; so relaunching an older sweep still
@@ -40,6 +40,8 @@ NEUTRAL_WHEN_ABSENT = {
 }
 SUMMARY_FILE = "summary.json"
 # The three batch sizes a run records (README "Three batch sizes").
+# What the statistics evaluation adds (harness.evaluation), for norms with batch statistics only.
+STATISTICS_KEYS = ("test_acc_batch_stats", "val_acc_precise_bn", "test_acc_precise_bn", "precise_bn_batches")
 BATCH_KEYS = ("per_device_batch_size", "world_size", "optimization_batch_size", "normalization_batch_size")
 
 
@@ -129,6 +131,20 @@ def start_summary(cfg, out_dir: Path) -> dict:
     }
 
 
+def refused(out_dir: Path, cfg, error: str) -> None:
+    """Record a config refused before it started as a failed run (a sweep's list of failed runs
+    and the report show it), unless the directory holds a completed run."""
+    done = read_summary(out_dir)
+    if done and done.get("status") == "completed":
+        return
+    try:
+        summary = start_summary(cfg, out_dir)
+    except Exception:  # noqa: BLE001 - a config too broken to summarize: what can be said
+        summary = {"run_name": str(cfg.get("run_name")), "output_dir": str(out_dir), "started_at": _now()}
+    summary.update(status="failed", error=error)
+    write_summary(out_dir, summary, time.time())
+
+
 def results(history: list[dict], test: dict) -> dict:
     """What a completed run gave: test, best and final validation, throughput, the curve."""
     validated = [row for row in history if row.get("val/acc") is not None]
@@ -140,6 +156,8 @@ def results(history: list[dict], test: dict) -> dict:
         "final_val_acc": validated[-1]["val/acc"] if validated else None,
         "test_acc": test["test/acc"], "test_loss": test["test/loss"],
         "images_per_second": sum(ips) / len(ips) if ips else None, "history": history,
+        "norm_diagnostics": next((row["norm_diagnostics"] for row in reversed(history) if row.get("norm_diagnostics")),
+                                 None),
     }
 
 
@@ -149,15 +167,33 @@ def write_summary(out_dir: Path, summary: dict, started: float) -> None:
     write_json(Path(out_dir) / SUMMARY_FILE, summary)
 
 
+def save_atomic(obj, path: Path) -> None:
+    """torch.save through a temporary file and a rename (removed if the write fails)."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: Path, obj: dict) -> None:
     """Write atomically (temp file + rename): a crash never leaves a half-written file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError:  # a full disk: no temporary file left behind, the previous file untouched
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_summary(run_dir: Path) -> dict | None:

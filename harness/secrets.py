@@ -50,9 +50,28 @@ def scrub_argv(argv: list[str]) -> list[str]:
 
 
 def scrub_files(paths) -> None:
-    """Redact secrets from files Hydra wrote (the command line it records may hold one)."""
-    for path in paths:
-        text = Path(path).read_text()
+    """Redact secrets from files Hydra wrote (the command line it records may hold one).
+    Atomically: jobs of a parallel sweep may scrub the sweep's multirun.yaml at once."""
+    for path in map(Path, paths):
+        if not path.is_file():
+            continue
+        text = path.read_text()
         clean = scrub_assignments(text)
         if clean != text:
-            Path(path).write_text(clean)
+            tmp = path.with_name(f".{path.name}.scrub{os.getpid()}")
+            tmp.write_text(clean)
+            os.replace(tmp, path)
+
+
+class ScrubbedStream:
+    """A console stream whose every write is scrubbed: Hydra's own error lines echo what was
+    typed ("To append to your config use +my_api_key=..."), before NormLab's code runs."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._stream.write(scrub_assignments(text) if isinstance(text, str) else text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)

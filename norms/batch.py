@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import Norm, register
+from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Norm, register
 
 
 def _check_train_batch(module: nn.Module, values_per_channel: int, shape) -> None:
@@ -142,4 +142,6 @@ register(Norm(
     batch_statistics=True,
     notation={"virtual_batch_size": lambda k: f"ghost {k}" if k else "", "sync": lambda s: "sync" if s else ""},
     variant_options=("virtual_batch_size", "sync"),
+    option_types={"virtual_batch_size": int},
+    option_ranges={"eps": POSITIVE, "momentum": UNIT_INTERVAL, "virtual_batch_size": POSITIVE_INT},
 ))

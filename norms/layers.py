@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Norm, register
+from .registry import POSITIVE, Check, POSITIVE_INT, UNIT_INTERVAL, Norm, register
 
 LN_SCOPES = ("token", "sample")
 
@@ -73,6 +73,8 @@ register(Norm(
     layers={"nchw": _ln_maps, "nlc": _ln_tokens},
     options={"eps": 1e-5, "affine": True, "scope": None},
     classes=(LayerNormCHW, nn.LayerNorm, LayerNormLC),
+    option_types={"scope": str},
+    option_ranges={"eps": POSITIVE, "scope": Check(lambda v: v in LN_SCOPES, f"one of {', '.join(LN_SCOPES)}")},
 ))
 
 
@@ -88,6 +90,7 @@ register(Norm(
     layers={"nchw": nn.InstanceNorm2d, "nlc": TokenInstanceNorm},
     options={"eps": 1e-5, "momentum": 0.1, "affine": False, "track_running_stats": False},
     classes=(nn.InstanceNorm2d, TokenInstanceNorm),
+    option_ranges={"eps": POSITIVE, "momentum": UNIT_INTERVAL},
 ))
 
 
@@ -134,6 +137,7 @@ register(Norm(
     classes=(nn.GroupNorm, TokenGroupNorm),
     notation={"num_groups": lambda g: f"G={g}"},
     check_sites=_gn_sites,
+    option_ranges={"eps": POSITIVE, "num_groups": POSITIVE_INT},
 ))
 
 

@@ -8,12 +8,24 @@ report labels it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
 
 from torch import nn
 
 LAYOUTS = ("nchw", "nlc")  # CNN feature maps (N, C, H, W); ViT tokens (N, L, C)
+
+
+class Check(NamedTuple):
+    """A range an option's value must be in: `test(value)` and what a message calls it."""
+    test: Callable[[Any], bool]
+    valid: str
+
+
+POSITIVE = Check(lambda v: math.isfinite(v) and v > 0, "a positive number")
+POSITIVE_INT = Check(lambda v: v >= 1, "a positive integer")
+UNIT_INTERVAL = Check(lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,16 @@ class Norm:
     # check_sites(sites, options): sites are (layer name, channels) of a model; raise ValueError
     # naming the first layer the options cannot serve (gn: a group count that does not divide)
     check_sites: Callable[[list[tuple[str, int]], dict], None] | None = None
+    # option -> its type where the default (None) does not say it; None is then also valid
+    option_types: Mapping[str, type] = field(default_factory=dict)
+    # option -> the range its value must be in (the config schema checks it before training)
+    option_ranges: Mapping[str, Check] = field(default_factory=dict)
+
+    def option_type(self, name: str):
+        """The type an option's value must have (Optional when its default is None)."""
+        if name in self.option_types:
+            return Optional[self.option_types[name]]
+        return type(self.options[name])
 
 
 _REGISTRY: dict[str, Norm] = {}
@@ -42,6 +64,9 @@ def register(norm: Norm) -> Norm:
     unknown = sorted(set(norm.layers) - set(LAYOUTS))
     if unknown:
         raise ValueError(f"norm {norm.kind!r}: unknown layout(s) {unknown}; valid layouts: {_choices(LAYOUTS)}")
+    untyped = sorted(o for o, default in norm.options.items() if default is None and o not in norm.option_types)
+    if untyped:
+        raise ValueError(f"norm {norm.kind!r}: option(s) {untyped} default to None; declare their type in option_types")
     _REGISTRY[norm.kind] = norm
     return norm
 

@@ -34,7 +34,8 @@ def results_classes(analysis):
 
 
 def write_html(path: Path, title: str, findings: list[str], method: str, results: list[str], comparisons: str,
-               cost_note: str, cost: str, convergence: list[str], runs) -> None:
+               cost_note: str, cost: str, convergence: list[str], runs, why: str = "", why_figures=(),
+               why_note: str = "") -> None:
     problems = "".join(
         f"<li>{html.escape(r.label)} batch {html.escape(str(r.config.get('data.batch_size')))} seed {r.seed}: "
         f"<b>{html.escape(r.status)}</b>{' — ' + html.escape(r.error) if r.error else ''} "
@@ -44,4 +45,7 @@ def write_html(path: Path, title: str, findings: list[str], method: str, results
     path.write_text(Template(TEMPLATE.read_text()).substitute(
         title=html.escape(title), findings="".join(f"<li>{html.escape(f)}</li>" for f in findings),
         method=html.escape(method), best=BEST, tied=TIED, results="".join(results), comparisons=comparisons,
-        cost_note=html.escape(cost_note), cost=cost, convergence=images, problems=problems or "<li>none</li>"))
+        cost_note=html.escape(cost_note), cost=cost, convergence=images, problems=problems or "<li>none</li>",
+        why=(f"<h2>Why</h2><p>{html.escape(why_note)}</p>{why}"
+             + "".join(f'<img id="{Path(p).stem}" src="{html.escape(p)}" alt="why">' for p in why_figures))
+        if why_note else ""))

@@ -14,11 +14,19 @@ from .runs import read_runs, requested_seeds
 from .series import make_layout, tables, varying_keys
 from .tables import comparison_rows, cost_rows, markdown, results_rows, write_comparisons_csv, write_results_csv, write_runs_csv
 from .timing import interleaved
+from .why import plot_drift, plot_noise, why_findings, why_rows
 
 RUNS_COST = ("images/s during the run is each run's own wall-clock throughput, measured while it trained "
              "beside whatever else the machine ran: not comparable between runs.")
 TIMED_COST = ("ms/step, interleaved: every cell's configuration timed in turns in one process when this report "
               "was built (median over rounds, min–max), relative to the first series at the same column.")
+
+
+WHY_NOTE = ("For norms with batch statistics: test error with the running statistics training left (EMA, the "
+            "number above), with PreciseBN's (recomputed after training from training batches, equal weights) and "
+            "with each test batch normalized by its own statistics at the training batch size; mean [95% CI] over "
+            "seeds. The figures show how noisy the batch statistics were in the last epoch, by depth, and how far "
+            "each norm's layer inputs moved between measurements during training.")
 
 
 def _check_choice(name: str, value: str, valid) -> None:
@@ -61,7 +69,19 @@ def make_report(cfg: DictConfig) -> Path:
         method += (f" Tuned per cell and seed on validation error (test error never used to choose): "
                    f"{', '.join(layout.select)}.")
 
+    found += [facet_of[id(a)] + f for a in analyses for f in why_findings(a, layout.cols, cfg.ci)]
     plot_sensitivity(out_dir / "batch_sensitivity.png", analyses, layout.cols, title)
+    why_figures = ["batch_noise.png"] if plot_noise(out_dir / "batch_noise.png", analyses, layout.cols) else []
+    for i, a in enumerate(analyses):
+        name = "input_drift.png" if i == 0 else f"input_drift_{i + 1}.png"
+        if plot_drift(out_dir / name, a, layout.cols):
+            why_figures.append(name)
+    why_md, why_html = [], []
+    for a in analyses:
+        rows = why_rows(a, layout.cols, cfg.ci)
+        if rows:
+            why_md.append((f"### {a.table.title}\n\n" if a.table.title else "") + markdown(*rows) + "\n")
+            why_html.append((f"<h3>{a.table.title}</h3>" if a.table.title else "") + table_html(*rows, "why"))
     convergence = []
     for i, a in enumerate(analyses):
         name = "convergence.png" if i == 0 else f"convergence_{i + 1}.png"
@@ -91,9 +111,12 @@ def make_report(cfg: DictConfig) -> Path:
         f"# {title}\n\n## Findings\n\n" + "\n".join(f"- {f}" for f in found) + f"\n\n{method}\n\n"
         "Test error (%): mean [95% CI] (n = completed seeds); ★ lowest mean at the column; ≈ not significantly "
         "different from it.\n\n## Results\n\n" + "\n".join(md) + f"\n{cost_note}\n\n"
-        "![batch sensitivity](batch_sensitivity.png)\n\n" + "".join(f"![convergence]({c})\n\n" for c in convergence))
+        "![batch sensitivity](batch_sensitivity.png)\n\n" + "".join(f"![convergence]({c})\n\n" for c in convergence)
+        + (f"## Why\n\n{WHY_NOTE}\n\n" + "\n".join(why_md) + "\n" + "".join(f"![why]({f})\n\n" for f in why_figures)
+           if why_md or why_figures else ""))
     write_html(out_dir / "index.html", title, found, method, html_results, "".join(html_comparisons), cost_note,
-               "".join(html_costs), convergence, runs)
+               "".join(html_costs), convergence, runs, why="".join(why_html), why_figures=why_figures,
+               why_note=WHY_NOTE if why_md or why_figures else "")
 
     print(f"\n{title}\n\nFindings:")
     for f in found:

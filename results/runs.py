@@ -34,6 +34,9 @@ class Run:
     images_per_second: float | None = None
     activation_mib: float | None = None
     history: list = field(default_factory=list)
+    precise_error: float | None = None  # percent, with PreciseBN's statistics (norms with batch statistics)
+    batch_stats_error: float | None = None  # percent, each test batch normalized by its own statistics
+    diagnostics: dict | None = None  # the last epoch's norm_diagnostics (harness/diagnostics.py)
     csv_log: Path | None = None
     error: str | None = None
 
@@ -90,6 +93,10 @@ def read_run(run_dir: Path, include_debug: bool = False) -> Run | None:
             run.test_error = 100 * (1 - summary["test_acc"])
         if summary.get("final_val_acc") is not None:
             run.val_error = 100 * (1 - summary["final_val_acc"])
+        for attr, key in (("precise_error", "test_acc_precise_bn"), ("batch_stats_error", "test_acc_batch_stats")):
+            if summary.get(key) is not None:
+                setattr(run, attr, 100 * (1 - summary[key]))
+        run.diagnostics = summary.get("norm_diagnostics")
         if summary.get("csv_log"):
             run.csv_log = Path(summary["csv_log"])
         return run

@@ -66,6 +66,19 @@ def test_identity_of_configs_from_before_a_key_existed_is_unchanged(hydra_conf):
         assert record.identity(compose("config", overrides=["data=synthetic", "trainer=ddp_cpu", change])) != record.identity(cfg)
 
 
+@pytest.mark.parametrize("overrides,pinned", [
+    ([], "03c2b05c"), (["norm=gn"], "c58bc89d"), (["norm=ln", "model=vit", "optim=adamw"], "70a24dab"),
+    (["experiment=quick"], "b1229b12"), (["norm=bn", "norm.virtual_batch_size=4"], "38c9f213"),
+])
+def test_identities_are_pinned_across_versions(hydra_conf, overrides, pinned):
+    """The identities runs had before the typed schema, the evaluation and diagnostics keys: a
+    relaunched older sweep finds its runs (and says when another commit trained them)."""
+    assert record.identity(compose("config", overrides=overrides)) == pinned
+    relaxed = compose("config", overrides=[*overrides, "eval.precise_bn_batches=0", "diagnostics.enabled=false",
+                                           "data.num_workers=2"])
+    assert record.identity(relaxed) == pinned
+
+
 def test_gn_paper_protocol_in_norm_vs_batch(hydra_conf):
     cfg = compose("config", overrides=["experiment=norm_vs_batch"], return_hydra_config=True)
     assert (cfg.data.name, cfg.model.name) == ("cifar10", "resnet20")

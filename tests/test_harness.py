@@ -15,7 +15,7 @@ from torch import nn
 import data
 import models
 import norms
-from harness import build, record
+from harness import record, schema
 from harness.callbacks import EpochReport
 from harness.module import Classifier, param_groups, warmup_cosine, warmup_steps
 from results.runs import read_run
@@ -44,6 +44,7 @@ def toy_norm():
         batch_statistics=True,
         notation={"virtual_batch_size": lambda k: f"ghost {k}" if k else ""},
         variant_options=("virtual_batch_size",),
+        option_types={"virtual_batch_size": int},
     ))
     yield spec
     norms.unregister("toy")
@@ -68,7 +69,7 @@ def test_a_norm_registered_in_one_place_reaches_build_models_batch_checks_and_la
     cfg = compose("config", overrides=["data=synthetic", "data.batch_size=1"])
     cfg.norm = OmegaConf.create({"kind": "toy"})
     with pytest.raises(ValueError, match=r"norm=toy with data.batch_size=1: .* \(ln, in, gn, none\)"):
-        build.check_config(cfg)
+        schema.validate(cfg)
 
     # how the report names it, read back from a run directory
     run_dir = tmp_path / "run"

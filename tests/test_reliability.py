@@ -1,6 +1,7 @@
 """Bad input gets one clear error before training; faults lose nothing; secrets never leak."""
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from conftest import REPO, WANDB, clean_env, run_train, wandb_inspect
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-from harness import build
+from harness import build, schema
 
 CONF = REPO / "conf"
 
@@ -49,25 +50,56 @@ BAD_VALUES = [
     (["data.batch_size=5000"], r"data.batch_size=5000 is larger than the training set \(1024 images\)"),
     (["data.batch_size=0"], r"data.batch_size must be a positive integer, got 0"),
     (["data.batch_size=-8"], r"data.batch_size must be a positive integer, got -8"),
-    (["data.batch_size=eight"], r"data.batch_size must be a positive integer, got 'eight'"),
+    (["data.batch_size=eight"], r"data.batch_size must be an integer, got 'eight'"),
     (["optim.lr=0"], r"optim.lr must be a positive number, got 0"),
-    (["optim.lr=fast"], r"optim.lr must be a positive number, got 'fast'"),
-    (["trainer.max_epochs=-1"], r"trainer.max_epochs must be a positive integer, got -1"),
-    (["trainer.max_epochs=ten"], r"trainer.max_epochs must be a positive integer, got 'ten'"),
+    (["optim.lr=fast"], r"optim.lr must be a number, got 'fast'"),
+    (["trainer.max_epochs=-1"], r"trainer.max_epochs=-1 is a step budget: it needs trainer.max_steps"),
+    (["trainer.max_epochs=ten"], r"trainer.max_epochs must be an integer or null, got 'ten'"),
     (["optim.warmup_epochs=-1"], r"optim.warmup_epochs must be a number of epochs, 0 or more, got -1"),
     (["optim.lr=inf"], r"optim.lr must be a positive number, got inf"),
-    (["trainer.max_epochs=-1", "++trainer.max_steps=-1"], r"trainer.max_epochs must be a positive integer, got -1"),
+    (["trainer.max_epochs=-1", "++trainer.max_steps=-1"], r"trainer.max_epochs=-1 is a step budget"),
     (["optim.lr_scaling=cubic"], r"optim.lr_scaling must be one of linear, sqrt, none, got 'cubic'"),
     (["model=vit", "model.hidden_dim=48", "model.num_heads=2", "norm=ln", "norm.scope=channel"],
-     r"unknown ln scope 'channel'; valid scopes: 'token', 'sample'"),
+     r"norm.scope must be one of token, sample, got 'channel'"),
     (["norm=ln", "norm.scope=token"], r"ln scope 'token' is not available for layout 'nchw'"),
+    # the typed schema (harness/schema.py): types, unknown keys and ranges, each named as typed
+    (["+norm.momentum=2"], r"^norm.momentum must be a number from 0 to 1, got 2$"),
+    (["+norm.affine=maybe"], r"^norm.affine must be true or false, got 'maybe'$"),
+    (["norm=ln", "+norm.eps=-1"], r"^norm.eps must be a positive number, got -1$"),
+    (["norm=gn", "+norm.momentum=0.1"], r"^norm.momentum: no such key.*valid keys of norm: kind, eps, affine, num_groups"),
+    (["seed=1.7"], r"^seed must be an integer, got 1.7$"),
+    (["seed=-1"], r"^seed must be an integer from 0 to 2\*\*32 - 1, got -1$"),
+    (["data.train_subset=-700"], r"^data.train_subset must be a positive integer, got -700$"),
+    (["data.val_size=abc"], r"^data.val_size must be an integer, got 'abc'$"),
+    (["data.num_workers=-1"], r"^data.num_workers must be an integer, 0 or more, got -1$"),
+    (["data.pipeline=gpu"], r"^data.pipeline must be one of memory, dataloader, got 'gpu'$"),
+    (["data.noise=-0.5"], r"^data.noise must be 0 or more, got -0.5$"),
+    (["checkpoint.every_n_steps=-1"], r"^checkpoint.every_n_steps must be a positive integer, got -1$"),
+    (["+optim.momentum=0.0"], r"^optim.momentum: no such key; did you mean norm.momentum or optim.optimizer.momentum\?"),
+    (["+foo=1"], r"^foo: no such key \(valid keys at the top level: seed, .*checkpoint, eval, diagnostics\)$"),
+    (["+ckpt_path=/tmp/x.ckpt"], r"^ckpt_path: no such key"),
+    (["model.width=-8"], r"^model.width must be a positive integer, got -8$"),
+    (["+model.dropout=0.1"], r"^model.dropout: no such key .*valid keys of model: name, arch, depth, width, zero_init_residual"),
+    (["model=vit", "+model.dropout=1.5"], r"^model.dropout must be a number from 0 up to \(not including\) 1, got 1.5$"),
+    (["++trainer.accumulate_grad_batches=0"], r"^trainer.accumulate_grad_batches must be a positive integer, got 0$"),
+    (["++trainer.max_epohcs=3"], r"^trainer.max_epohcs: no such key .*max_epochs"),
+    (["+optim.optimizer.momentm=0.5"], r"^optim.optimizer.momentm: not an argument of torch.optim.SGD; valid: momentum,"),
+    (["optim.optimizer.momentum=-1"], r"^optim.optimizer: torch.optim.SGD refuses .*Invalid momentum value: -1"),
+    (["optim.optimizer._target_=torch.optim.Nope"], r"^optim.optimizer._target_: 'torch.optim.Nope' is not an importable"),
+    (["norm.kind=xx"], r"^norm.kind: unknown norm kind 'xx'; valid: bn, gn, in, ln, none$"),
+    (["run_name=a/b"], r"^run_name must be a non-empty name without '/'"),
+    (["run_name=" + "x" * 201], r"^run_name must be .*at most 200 bytes"),
+    (["rerun=always"], r"^rerun must be one of none, stale, got 'always'$"),
+    (["logger=wandb", "logger.wandb.mode=onlin"], r"^logger.wandb.mode must be one of auto, online, offline, disabled"),
+    (["progress_bar=maybe"], r"^progress_bar must be one of auto, true, false, got 'maybe'$"),
+    (["num_threads=0"], r"^num_threads must be auto or a positive integer, got 0$"),
 ]
 
 
 def prepare(cfg):
     """What train.py's run does with a config before it trains (the CLI tests below check that
     a failure here leaves a failed summary and nothing trained)."""
-    build.check_config(cfg)
+    schema.validate(cfg)
     return build.data_and_net(cfg)
 
 
@@ -76,6 +108,12 @@ def test_bad_values_fail_before_training_and_name_the_value(hydra_conf, override
     cfg = compose("config", overrides=["data=synthetic", "logger=csv", *overrides])
     with pytest.raises(ValueError, match=message):
         prepare(cfg)
+
+
+def test_the_reliability_table_lists_every_bad_value_the_suite_tries():
+    table = (REPO / "RELIABILITY.md").read_text()
+    missing = [" ".join(o) for o, _ in BAD_VALUES if len(" ".join(o)) < 100 and f"| `{' '.join(o)}` |" not in table]
+    assert missing == []
 
 
 def test_unknown_layout_is_named():
@@ -215,6 +253,109 @@ def test_kill_9_mid_epoch_then_relaunch_resumes_and_logs_each_epoch_once(tmp_pat
     _assert_logged_once(run_dir)
 
 
+# Real Fashion-MNIST with its random crops and flips (torch's global generator) and shuffling:
+# 32 steps per epoch, a checkpoint every 3 steps.
+AUGMENTED = ["data=fashion_mnist", "data.train_subset=1024", "data.val_size=256", "data.batch_size=32",
+             "model=resnet8", "model.width=8", "trainer.max_epochs=2", "checkpoint.every_n_steps=3", "logger=csv"]
+
+
+def test_a_run_killed_mid_epoch_and_resumed_ends_bit_exact_with_one_that_never_stopped(tmp_path):
+    whole = tmp_path / "whole"
+    run_train(*AUGMENTED, f"hydra.run.dir={whole}")
+    run_dir = tmp_path / "resumed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *AUGMENTED, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    _wait_for(lambda: ckpt.is_file() and ckpt.stat().st_size > 0, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    assert step % 32, f"the checkpoint at step {step} should be a mid-epoch one"
+    relaunch = run_train(*AUGMENTED, f"hydra.run.dir={run_dir}")
+    assert f"(step {step})" in relaunch.stdout
+    a = torch.load(whole / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 64
+    different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert different == [], f"weights differ after resuming at step {step}: {different[:5]}"
+    for key in ("test_acc", "best_val_acc", "final_val_acc"):
+        assert json.loads((whole / "summary.json").read_text())[key] == json.loads((run_dir / "summary.json").read_text())[key]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A file system of its own (tmpfs) that the test can fill: needs the right to mount."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+
+    def mount(size_bytes: int, *options: str) -> Path:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size_bytes}", *options]), "tmpfs",
+                               str(disk)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small file system here: {proc.stderr.strip()}")
+        return disk
+
+    yield mount
+    subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_leaves_no_temporary_file_and_keeps_the_last_checkpoint(tmp_path, small_disk):
+    first = tmp_path / "first"
+    proc = _launch(first, "checkpoint.every_n_steps=20", "logger=csv")
+    ckpt = first / "checkpoints" / "last.ckpt"
+    _wait_for(lambda: ckpt.is_file() and ckpt.stat().st_size > 0, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = ckpt.read_bytes()
+    used = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
+    # the run's directory on a disk with room for what it holds and not for another checkpoint
+    disk = small_disk(used + len(before) // 2 + 64 * 1024)
+    run_dir = disk / "run"
+    shutil.copytree(first, run_dir)
+    relaunch = run_train(*RUN, "checkpoint.every_n_steps=20", "logger=csv", f"hydra.run.dir={run_dir}",
+                         env=clean_env(HYDRA_FULL_ERROR="0"), check=False)
+    line = _one_line_error(relaunch)
+    assert line.startswith("error: [Errno 28] cannot write a checkpoint in") and "No space left on device" in line
+    assert f"the last checkpoint, {run_dir / 'checkpoints' / 'last.ckpt'}, is intact" in line
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == before  # the last good checkpoint, untouched
+    left = sorted(p.name for p in run_dir.rglob("*") if p.is_file())
+    assert not [n for n in left if "tmp" in n], left  # no temporary file fills the disk
+    assert "Traceback" not in relaunch.stdout + relaunch.stderr  # not hundreds of traceback lines
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+
+
+def test_the_training_order_and_augmentation_do_not_depend_on_num_workers(hydra_conf):
+    import data as datasets
+
+    def first_batches(num_workers, pipeline):
+        torch.manual_seed(3)
+        dm = datasets.build({"name": "fashion_mnist", "batch_size": 16, "val_size": 256, "train_subset": 256,
+                             "num_workers": num_workers, "pipeline": pipeline})
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(1)
+        return [dm.preprocess(batch, train=True) if pipeline == "memory" else batch for _, batch in zip(range(3), loader)]
+
+    # memory: augmented in this process from the global generator, which no loader draws from;
+    # dataloader: augmented in the workers, each image from its own (seed, epoch, position) generator
+    for pipeline in ("memory", "dataloader"):
+        zero, two = first_batches(0, pipeline), first_batches(2, pipeline)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(zero, two)), pipeline
+
+
+def test_a_resumed_epoch_continues_the_order_where_it_stopped():
+    from data.base import EpochSampler
+
+    full = list(EpochSampler(100, seed=7).__iter__())
+    resumed = EpochSampler(100, seed=7)
+    resumed.resume(epoch=0, samples=40)
+    assert list(resumed) == full[40:] and list(resumed) == full  # only the interrupted epoch is cut
+    later = EpochSampler(100, seed=7)
+    later.set_epoch(1)
+    assert sorted(later) == list(range(100)) and list(later) != full  # a new permutation each epoch
+    assert list(EpochSampler(100, seed=8)) != full
+
+
 def test_sigterm_saves_a_checkpoint_then_relaunch_resumes(tmp_path):
     run_dir = tmp_path / "run"
     proc = _launch(run_dir, "checkpoint.every_n_steps=null")
@@ -269,15 +410,26 @@ def test_two_launchers_never_train_the_same_run_twice(tmp_path):
 def test_a_planted_key_never_reaches_a_file_or_the_console(tmp_path):
     wandb_key, hf_token, literal = "0123456789abcdef" * 2 + "planted1", "hf_planted_token_4242", "literal-secret-0987"
     env = clean_env(WANDB_API_KEY=wandb_key, HF_TOKEN=hf_token, WANDB_BASE_URL="http://127.0.0.1:9")
+    # a run that trains with secrets in its environment, one put into its config by interpolation
     run_dir = tmp_path / "sweep" / "run"
-    proc = run_train("data=synthetic", "trainer.max_epochs=1", "+hf_token=${oc.env:HF_TOKEN}", f"+my_api_key={literal}",
+    proc = run_train("data=synthetic", "trainer.max_epochs=1", "logger.wandb.entity=${oc.env:HF_TOKEN}",
                      f"hydra.run.dir={run_dir}", env=env)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["logger"]["wandb"]["entity"] == "<redacted>"
     report = subprocess.run([sys.executable, str(REPO / "report.py"), str(tmp_path / "sweep")], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["config"]["hf_token"] == "<redacted>" and summary["config"]["my_api_key"] == "<redacted>"
-    console = proc.stdout + proc.stderr + report.stdout + report.stderr
+    # a sweep whose jobs are refused for keys that do not exist, typed with secrets as values
+    quiet = {**env, "HYDRA_FULL_ERROR": "0"}  # the one-line errors of a user, not the tracebacks of a developer
+    sweep = run_train("-m", "data=synthetic", "trainer.max_epochs=1", "seed=0,1", "+hf_token=${oc.env:HF_TOKEN}",
+                      f"+my_api_key={literal}", f"hydra.sweep.dir={tmp_path / 'multi'}", env=quiet, check=False)
+    assert sweep.returncode == 1 and "2 run(s) of the sweep failed" in sweep.stderr
+    assert (tmp_path / "multi" / "multirun.yaml").is_file()
+    # Hydra's own error for an override of a key that does not exist echoes the value: scrubbed too
+    typo = run_train("data=synthetic", f"my_api_key={literal}", f"hydra.run.dir={tmp_path / 'typo'}", env=quiet,
+                     check=False)
+    assert typo.returncode == 1 and "my_api_key" in typo.stderr
+    console = "".join(p.stdout + p.stderr for p in (proc, report, sweep, typo))
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.suffix == ".ckpt" for p in files) and any(p.suffix == ".wandb" for p in files)
     for secret in (wandb_key, hf_token, literal):
@@ -443,3 +595,54 @@ def test_warmup_is_counted_in_real_steps_and_never_fills_the_run(tmp_path):
     with open(run_dir / "metrics.csv") as f:
         lr = {int(r["step"]): float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")}
     assert lr[9] == pytest.approx(summary["lr"] * 10 / 16)  # the 10th step of a 16-step warmup
+
+
+# ---------------------------------------------------------------------------------------
+# Sweeps: what a multirun says at its end, and a recipe run without -m
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+def test_a_sweep_with_failing_runs_ends_with_their_list(tmp_path, launcher):
+    env = clean_env()
+    env.pop("HYDRA_FULL_ERROR")
+    proc = run_train("-m", *launcher, "data=synthetic", "data.train_size=128", "data.val_size=32",
+                     "trainer.max_epochs=1", "logger=csv", "data.batch_size=1,16", "seed=0,1.5",
+                     f"hydra.sweep.dir={tmp_path}", env=env, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    tail = proc.stderr[proc.stderr.index("3 run(s) of the sweep failed:"):].splitlines()
+    assert len(tail) == 4 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    failed = "\n".join(tail)
+    assert "bn-resnet20-bs1-s0" in failed and "norm=bn with data.batch_size=1" in failed
+    assert "seed must be an integer, got 1.5" in failed
+    assert "bn-resnet20-bs16-s0 " not in failed  # the one good run trained
+    done = [json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")]
+    assert sorted(d["status"] for d in done) == ["completed", "failed", "failed", "failed"]
+
+
+def test_a_recipe_without_multirun_says_it_trains_one_configuration_of_its_grid(tmp_path):
+    proc = run_train("experiment=quick", "data.batch_size=1", f"hydra.run.dir={tmp_path}", check=False,
+                     env=clean_env(HYDRA_FULL_ERROR="0"))
+    first = proc.stdout.strip().splitlines()[0]
+    assert first.startswith("note: this config defines a sweep (norm=bn,ln,in,gn, data.batch_size=2,8,32, seed=0,1,2); "
+                            "without -m it trains one configuration (bn-resnet8-bs1-s0); add -m to run the sweep"), first
+
+
+def test_paths_the_file_system_refuses_are_one_line(tmp_path, small_disk):
+    env = clean_env(HYDRA_FULL_ERROR="0")
+    read_only = small_disk(1 << 20, "ro")
+    cases = [  # (overrides, the line's start)
+        (["data=fashion_mnist", "data.root=/etc/passwd"],
+         "error: [Errno 20] data.root=/etc/passwd cannot hold the data set: Not a directory"),
+        (["data=fashion_mnist", f"data.root={read_only}/data"],
+         f"error: [Errno 30] data.root={read_only}/data cannot hold the data set: Read-only file system"),
+        (["data=synthetic", "run_name=" + "r" * 300],
+         "error: run_name must be a non-empty name without '/', at most 200 bytes (it names a directory)"),
+    ]
+    for i, (overrides, start) in enumerate(cases):
+        proc = run_train(*overrides, "logger=csv", f"hydra.run.dir={tmp_path / str(i)}", env=env, check=False)
+        assert _one_line_error(proc).startswith(start), proc.stderr[-2000:]
+    # a run name too long for a directory: Hydra can still make the run's directory, where the refusal is recorded
+    proc = run_train("data=synthetic", "logger=csv", "run_name=" + "r" * 300, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                     "-m", env=env, check=False)
+    assert proc.returncode == 1 and "1 run(s) of the sweep failed" in proc.stderr
+    (summary,) = (tmp_path / "sweep").rglob("summary.json")
+    assert len(summary.parent.name) == 200 + 9 and json.loads(summary.read_text())["status"] == "failed"

@@ -293,3 +293,31 @@ def test_cells_that_pool_runs_of_different_code_are_flagged(hydra_conf, tmp_path
         (run_dir / "summary.json").write_text(json.dumps(summary))
     out, _, _ = report(tmp_path)
     assert "Caution: 1 cell(s) pool runs trained by different commits of NormLab (bn at 8)" in (out / "results.md").read_text()
+
+
+def test_why_section_pairs_precise_bn_with_the_same_runs_and_draws_noise_and_drift(hydra_conf, tmp_path):
+    # bn at batch 2 and 32 over 3 seeds: PreciseBN lowers each run's error by 2 + seed/10 points
+    for batch, seed in itertools.product((2, 32), range(3)):
+        error = 30.0 + seed if batch == 2 else 20.0 + seed
+        run = fake_run(tmp_path, ["data=synthetic", f"data.batch_size={batch}"], seed, error)
+        summary = json.loads((run / "summary.json").read_text())
+        noise = 0.8 / math.sqrt(batch)
+        diag = {f"layer{i}": {"batch_mean_noise": noise * (1 + i), "input_drift": 0.1} for i in range(3)}
+        summary.update(test_acc_precise_bn=1 - (error - 2 - seed / 10) / 100, test_acc_batch_stats=1 - (error + 5) / 100,
+                       norm_diagnostics=diag)
+        for row in summary["history"]:
+            row["norm_diagnostics"] = diag
+        (run / "summary.json").write_text(json.dumps(summary))
+    gn = fake_run(tmp_path, ["data=synthetic", "norm=gn", "data.batch_size=2"], 0, 25.0)  # no statistics: no rows
+    assert gn.is_dir()
+    out, _, _ = report(tmp_path)
+    md = (out / "results.md").read_text()
+    diffs = [-(2 + s / 10) for s in range(3)]
+    half = sps.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)
+    line = next(x for x in md.splitlines() if x.startswith("- Why, bn at batch 2"))
+    assert (f"changes test error by {np.mean(diffs):+.1f} points, 95% CI {np.mean(diffs) - half:+.1f} to "
+            f"{np.mean(diffs) + half:+.1f}, n = 3 (paired by run) of its +10.0-point gap to batch 32") in line
+    assert "its own statistics changes it by +5.0 points" in line
+    assert "| bn: PreciseBN |" in md and "gn: PreciseBN" not in md
+    assert (out / "batch_noise.png").is_file() and (out / "input_drift.png").is_file()
+    assert 'id="batch_noise"' in (out / "index.html").read_text()

@@ -36,8 +36,8 @@ def test_ddp_runs_write_one_set_of_outputs_from_rank_zero(ddp_sweep):
         assert len(list(run_dir.rglob("summary.json"))) == 1
         assert len(list(run_dir.rglob("metrics.csv"))) == 1
         assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
-        lines = (run_dir / "metrics.csv").read_text().splitlines()
-        epochs = [line.split(",")[0] for line in lines[1:] if line.split(",")[-1]]  # rows with val/loss
+        with open(run_dir / "metrics.csv") as f:
+            epochs = [row["epoch"] for row in csv.DictReader(f) if row.get("val/loss")]
         assert epochs == ["0", "1"]  # each epoch logged once, by one process
 
 

@@ -8,7 +8,8 @@ from conftest import clean_env, run_train, wandb_inspect
 
 SUMMARY_KEYS = {"norm", "model", "data", "batch_size", "lr", "seed", "epochs", "best_val_acc", "final_val_acc",
                 "test_acc", "train_seconds", "images_per_second", "num_params", "status", "config", "wandb"}
-SYNTH = ["data=synthetic", "trainer.max_epochs=3", "data.batch_size=32"]
+EPOCHS = 6  # in needs them on this data: 3 epochs gave 26-62 % over seeds 0-2, 6 epochs 94-98 %
+SYNTH = ["data=synthetic", f"trainer.max_epochs={EPOCHS}", "data.batch_size=32"]
 
 
 def read_csv_epochs(path: Path) -> dict:
@@ -35,7 +36,7 @@ def test_every_norm_learns_and_records_its_run(sweep, norm):
     assert summary["status"] == "completed"
     assert (summary["norm"], summary["model"], summary["data"], summary["batch_size"]) == (norm, "resnet20", "synthetic", 32)
     assert summary["test_acc"] > 0.6, f"{norm} did not learn (4 classes, chance 0.25): {summary['test_acc']}"
-    assert summary["epochs"] == summary["epochs_completed"] == 3
+    assert summary["epochs"] == summary["epochs_completed"] == EPOCHS
     assert summary["lr"] == pytest.approx(0.1 * 32 / 128)  # linear scaling from 0.1 at batch 128
     assert summary["optimization_batch_size"] == 32
     assert summary["normalization_batch_size"] == (32 if norm == "bn" else 1)
@@ -44,8 +45,8 @@ def test_every_norm_learns_and_records_its_run(sweep, norm):
 
     # The CSV log holds every epoch's validation accuracy, matching the summary.
     csv_epochs = read_csv_epochs(run_dir / "metrics.csv")
-    assert sorted(csv_epochs) == [0, 1, 2]
-    assert csv_epochs[2] == pytest.approx(summary["final_val_acc"])
+    assert sorted(csv_epochs) == list(range(EPOCHS))
+    assert csv_epochs[EPOCHS - 1] == pytest.approx(summary["final_val_acc"])
 
     # The W&B run (offline here: no key) is this job's own, not the previous job's.
     assert summary["wandb"]["mode"] == "offline"

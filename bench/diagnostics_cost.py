@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""What the training diagnostics cost (harness/diagnostics.py): the training-step time with no
+hooks, with the hooks installed but idle (every step but the measured ones), and on a measured
+step; and the overhead that implies at `diagnostics.every_n_steps`.
+
+    .venv/bin/python -m bench.diagnostics_cost
+    .venv/bin/python -m bench.diagnostics_cost --models resnet20,vit --batch-sizes 2,32 --every 25
+
+Each variant is timed in interleaved rounds (no hooks, idle, measured, no hooks, ...), the
+median of --steps steps per round and the median over rounds, so drifts of the machine hit all
+three alike. overhead = (idle - none) / none + (measured - idle) / none / every.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+
+from bench.common import describe, int_list, machine, markdown_table, resolve_device, str_list, sync
+from bench.norm_cost import NUM_CLASSES, SEED, WARMUP, build, step
+from harness.diagnostics import NormDiagnostics
+
+
+def timed(net, x, y, device, steps: int, diag=None, active: bool = False) -> float:
+    times = []
+    for _ in range(WARMUP + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        if diag is not None:
+            diag.active = active
+        step_with(net, x, y, diag, active)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times[WARMUP:])
+
+
+def step_with(net, x, y, diag, active: bool) -> None:
+    if diag is None or not active:
+        step(net, x, y)
+        return
+    import torch.nn.functional as F
+
+    F.cross_entropy(net(x), y).backward()
+    diag.on_before_optimizer_step(None, None, None)  # the gradient norms, as before an optimizer step
+    net.zero_grad(set_to_none=True)
+
+
+def measure(model: str, norm: str, batch: int, device, args) -> dict:
+    net = build(model, norm, args).to(device).train()
+    g = torch.Generator().manual_seed(SEED)
+    x = torch.randn(batch, args.channels, args.image_size, args.image_size, generator=g).to(device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
+    diag = NormDiagnostics(args.every)
+    module = SimpleNamespace(net=net, device=device)
+    rounds = {"none": [], "idle": [], "measured": []}
+    for _ in range(args.rounds):
+        rounds["none"].append(timed(net, x, y, device, args.steps))
+        diag.setup(None, module, "fit")
+        rounds["idle"].append(timed(net, x, y, device, args.steps, diag, active=False))
+        rounds["measured"].append(timed(net, x, y, device, args.steps, diag, active=True))
+        diag.teardown(None, module, "fit")
+    ms = {k: statistics.median(v) for k, v in rounds.items()}
+    overhead = (ms["idle"] - ms["none"]) / ms["none"] + (ms["measured"] - ms["idle"]) / ms["none"] / args.every
+    return {"model": model, "norm": norm, "batch": batch, **ms, "overhead": overhead}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=str_list, default=["resnet20"])
+    p.add_argument("--norms", type=str_list, default=["bn", "gn", "none"])
+    p.add_argument("--batch-sizes", type=int_list, default=[8, 32])
+    p.add_argument("--every", type=int, default=25, help="diagnostics.every_n_steps")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=32)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    print(describe(machine(device)))
+    rows = []
+    for model in args.models:
+        for norm in args.norms:
+            for batch in args.batch_sizes:
+                r = measure(model, norm, batch, device, args)
+                rows.append([r["model"], r["norm"], r["batch"], f"{r['none']:.2f}", f"{r['idle']:.2f}",
+                             f"{r['measured']:.2f}", f"{100 * r['overhead']:.2f} %"])
+                print(f"{model} {norm} batch {batch}: {r['none']:.2f} / {r['idle']:.2f} / {r['measured']:.2f} ms",
+                      flush=True)
+    print(markdown_table(["model", "norm", "batch", "no hooks ms", "idle hooks ms", "measured step ms",
+                          f"overhead at every {args.every}"], rows, left=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Why a norm wins or loses, measured during training at every norm site.
+
+Every `diagnostics.every_n_steps` optimizer steps, for every norm layer of the network (the
+sites of `none` too), from the layer's input in that step's forward pass:
+- batch_mean_noise, batch_var_noise (norms with running statistics): how far the batch's
+  statistics, over the samples the layer normalizes together (a ghost batch's own), are from
+  the running ones: the mean over channels of |batch mean - running mean| / sqrt(running var
+  + eps), and of |log(batch var / running var)|. Expected to grow as the batch shrinks
+  (roughly as 1/sqrt(batch)).
+- input_drift: how far the input's distribution moved since the previous measurement (the
+  seed's "internal covariate shift", measured): the mean over channels of (|change of the
+  per-channel mean| + |change of the per-channel standard deviation|) / the previous standard
+  deviation, per-channel statistics over the batch and positions.
+- input_std: the input's standard deviation; grad_norm: the L2 norm of the gradient of the
+  layer's parameters (absent for layers without parameters). Together, the signal's scale by
+  depth: what a network without normalization loses.
+The sums stay on the device and are read once per epoch; the epoch's means go to the history
+row (`norm_diagnostics`) and to the loggers as `diag/<layer>/<metric>`. The hooks read
+detached inputs and draw no random numbers: training is the same with or without them.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import pytorch_lightning as pl
+import torch
+
+import norms
+
+METRICS = ("batch_mean_noise", "batch_var_noise", "input_drift", "input_std", "grad_norm")
+
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, *) from a norm's input: CNN maps already are; ViT tokens (N, L, C) are transposed."""
+    return x.transpose(1, 2) if x.dim() == 3 else x
+
+
+class NormDiagnostics(pl.Callback):
+    def __init__(self, every_n_steps: int):
+        self.every_n_steps = every_n_steps
+        self.active, self._handles, self._layers = False, [], []
+
+    # -- set-up -------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage):
+        if stage != "fit" or self._handles:
+            return
+        self._layers = [(name, m) for name, m in pl_module.net.named_modules() if norms.kind_of(m) is not None]
+        self._handles = [m.register_forward_pre_hook(partial(self._measure, i)) for i, (_, m) in enumerate(self._layers)]
+        self._reset(pl_module.device)
+        self._previous = [None] * len(self._layers)
+
+    def teardown(self, trainer, pl_module, stage):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _reset(self, device):
+        self._sums = torch.zeros(len(self._layers), len(METRICS), device=device)
+        self._counts = torch.zeros(len(self._layers), len(METRICS), device=device)
+
+    def _add(self, i: int, metric: str, value: torch.Tensor):
+        j = METRICS.index(metric)
+        self._sums[i, j] += value
+        self._counts[i, j] += 1
+
+    # -- measuring ------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.active = trainer.global_step % self.every_n_steps == 0
+        if self._sums.device != pl_module.device:
+            self._reset(pl_module.device)
+
+    @torch.no_grad()
+    def _measure(self, i: int, module, args):
+        if not (self.active and module.training):
+            return
+        x = _channels_first(args[0].detach().float())
+        dims = [0, *range(2, x.dim())]
+        var, mean = torch.var_mean(x, dims, correction=0)
+        std = var.sqrt()
+        self._add(i, "input_std", x.std())
+        previous = self._previous[i]
+        if previous is not None:
+            p_mean, p_std = previous
+            self._add(i, "input_drift", (((mean - p_mean).abs() + (std - p_std).abs()) / p_std.clamp_min(1e-6)).mean())
+        self._previous[i] = (mean, std)
+        if getattr(module, "running_mean", None) is not None and norms.get(norms.kind_of(module)).batch_statistics:
+            k = getattr(module, "virtual_batch_size", None) or x.shape[0]
+            b_var, b_mean = torch.var_mean(x[:k], dims, correction=1)  # the running variance is unbiased too
+            r_var = module.running_var.float()
+            self._add(i, "batch_mean_noise", ((b_mean - module.running_mean.float()).abs()
+                                              / (r_var + module.eps).sqrt()).mean())
+            self._add(i, "batch_var_noise", torch.log(b_var.clamp_min(1e-12) / r_var.clamp_min(1e-12)).abs().mean())
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if not self.active:
+            return
+        for i, (_, module) in enumerate(self._layers):
+            grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
+            if grads:
+                self._add(i, "grad_norm", torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.active = False
+
+    # -- per epoch --------------------------------------------------------------------------
+    def epoch_means(self) -> dict:
+        """{layer: {metric: mean over the epoch's measurements}}: one read from the device."""
+        sums, counts = self._sums.tolist(), self._counts.tolist()
+        out = {}
+        for (name, _), s_row, c_row in zip(self._layers, sums, counts):
+            out[name] = {m: s / c for m, s, c in zip(METRICS, s_row, c_row) if c}
+        return out
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        means = self.epoch_means()
+        self._reset(pl_module.device)
+        pl_module.epoch_row()["norm_diagnostics"] = means
+        flat = {f"diag/{layer}/{metric}": value for layer, row in means.items() for metric, value in row.items()}
+        if flat and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({**flat, "epoch": trainer.current_epoch}, step=trainer.global_step)
