@@ -45,6 +45,7 @@ def step_with(net, x, y, diag, active: bool) -> None:
 
     F.cross_entropy(net(x), y).backward()
     diag.on_before_optimizer_step(None, None, None)  # the gradient norms, as before an optimizer step
+    diag.on_train_batch_end(None, None, None, None, None)  # the step's values into the sums
     net.zero_grad(set_to_none=True)
 
 
@@ -75,9 +76,9 @@ def main() -> None:
     p.add_argument("--every", type=int, default=25, help="diagnostics.every_n_steps")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--image-size", type=int, default=28)
     args = p.parse_args()
     device = resolve_device(args.device)
     print(describe(machine(device)))

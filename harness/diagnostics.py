@@ -57,11 +57,24 @@ class NormDiagnostics(pl.Callback):
     def _reset(self, device):
         self._sums = torch.zeros(len(self._layers), len(METRICS), device=device)
         self._counts = torch.zeros(len(self._layers), len(METRICS), device=device)
+        self._pending, self._index = [], {}
 
     def _add(self, i: int, metric: str, value: torch.Tensor):
-        j = METRICS.index(metric)
-        self._sums[i, j] += value
-        self._counts[i, j] += 1
+        self._pending.append((i * len(METRICS) + METRICS.index(metric), value))
+
+    def _flush(self):
+        """The step's measurements into the sums: one stack and two scatter-adds, not one small
+        operation per value."""
+        if not self._pending:
+            return
+        key = tuple(i for i, _ in self._pending)  # the same layers and metrics step after step: made once
+        index = self._index.get(key)
+        if index is None:
+            index = self._index[key] = torch.tensor(key).to(self._sums.device)
+        values = torch.stack([v.reshape(()) for _, v in self._pending]).to(self._sums.dtype)
+        self._sums.view(-1).index_add_(0, index, values)
+        self._counts.view(-1).index_add_(0, index, torch.ones_like(values))
+        self._pending = []
 
     # -- measuring ------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -75,9 +88,9 @@ class NormDiagnostics(pl.Callback):
             return
         x = _channels_first(args[0].detach().float())
         dims = [0, *range(2, x.dim())]
-        var, mean = torch.var_mean(x, dims, correction=0)
+        var, mean = torch.var_mean(x, dims, correction=0)  # the one pass over the input
         std = var.sqrt()
-        self._add(i, "input_std", x.std())
+        self._add(i, "input_std", (var.mean() + mean.var(correction=0)).sqrt())  # the whole input's, from its channels
         previous = self._previous[i]
         if previous is not None:
             p_mean, p_std = previous
@@ -85,7 +98,11 @@ class NormDiagnostics(pl.Callback):
         self._previous[i] = (mean, std)
         if getattr(module, "running_mean", None) is not None and norms.get(norms.kind_of(module)).batch_statistics:
             k = getattr(module, "virtual_batch_size", None) or x.shape[0]
-            b_var, b_mean = torch.var_mean(x[:k], dims, correction=1)  # the running variance is unbiased too
+            if k >= x.shape[0]:  # the whole batch: its statistics are the ones above
+                n = x.numel() // x.shape[1]
+                b_var, b_mean = var * (n / max(n - 1, 1)), mean  # unbiased, as the running variance
+            else:  # a ghost batch normalizes its first k samples together
+                b_var, b_mean = torch.var_mean(x[:k], dims, correction=1)
             r_var = module.running_var.float()
             self._add(i, "batch_mean_noise", ((b_mean - module.running_mean.float()).abs()
                                               / (r_var + module.eps).sqrt()).mean())
@@ -101,10 +118,12 @@ class NormDiagnostics(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.active = False
+        self._flush()
 
     # -- per epoch --------------------------------------------------------------------------
     def epoch_means(self) -> dict:
         """{layer: {metric: mean over the epoch's measurements}}: one read from the device."""
+        self._flush()
         sums, counts = self._sums.tolist(), self._counts.tolist()
         out = {}
         for (name, _), s_row, c_row in zip(self._layers, sums, counts):
