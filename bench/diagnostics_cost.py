@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""What the training diagnostics cost (harness/diagnostics.py): the training-step time with no
-hooks, with the hooks installed but idle (every step but the measured ones), and on a measured
-step; and the overhead that implies at `diagnostics.every_n_steps`.
+"""What the training diagnostics cost (harness/diagnostics.py): the training-step time of a step
+that is not measured (the hooks exist only during measured steps, so this is the plain step)
+and of a measured one, and the overhead that implies at `diagnostics.every_n_steps`.
 
     .venv/bin/python -m bench.diagnostics_cost
-    .venv/bin/python -m bench.diagnostics_cost --models resnet20,vit --batch-sizes 2,32 --every 25
+    .venv/bin/python -m bench.diagnostics_cost --models resnet20,vit --batch-sizes 2,32 --every 50
 
-Each variant is timed in interleaved rounds (no hooks, idle, measured, no hooks, ...), the
-median of --steps steps per round and the median over rounds, so drifts of the machine hit all
-three alike. overhead = (idle - none) / none + (measured - idle) / none / every.
+Both are timed in interleaved rounds (plain, measured, plain, ...), the median of --steps steps
+per round and the median over rounds, so drifts of the machine hit both alike.
+overhead = (measured - plain) / plain / every.
 """
 from __future__ import annotations
 
@@ -29,8 +29,6 @@ def timed(net, x, y, device, steps: int, diag=None, active: bool = False) -> flo
     for _ in range(WARMUP + steps):
         sync(device)
         t0 = time.perf_counter()
-        if diag is not None:
-            diag.active = active
         step_with(net, x, y, diag, active)
         sync(device)
         times.append(time.perf_counter() - t0)
@@ -43,6 +41,7 @@ def step_with(net, x, y, diag, active: bool) -> None:
         return
     import torch.nn.functional as F
 
+    diag.start()  # what on_train_batch_start does on a measured step
     F.cross_entropy(net(x), y).backward()
     diag.on_before_optimizer_step(None, None, None)  # the gradient norms, as before an optimizer step
     diag.on_train_batch_end(None, None, None, None, None)  # the step's values into the sums
@@ -56,15 +55,13 @@ def measure(model: str, norm: str, batch: int, device, args) -> dict:
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
     diag = NormDiagnostics(args.every)
     module = SimpleNamespace(net=net, device=device)
-    rounds = {"none": [], "idle": [], "measured": []}
+    diag.setup(None, module, "fit")
+    rounds = {"plain": [], "measured": []}
     for _ in range(args.rounds):
-        rounds["none"].append(timed(net, x, y, device, args.steps))
-        diag.setup(None, module, "fit")
-        rounds["idle"].append(timed(net, x, y, device, args.steps, diag, active=False))
+        rounds["plain"].append(timed(net, x, y, device, args.steps, diag, active=False))
         rounds["measured"].append(timed(net, x, y, device, args.steps, diag, active=True))
-        diag.teardown(None, module, "fit")
     ms = {k: statistics.median(v) for k, v in rounds.items()}
-    overhead = (ms["idle"] - ms["none"]) / ms["none"] + (ms["measured"] - ms["idle"]) / ms["none"] / args.every
+    overhead = (ms["measured"] - ms["plain"]) / ms["plain"] / args.every
     return {"model": model, "norm": norm, "batch": batch, **ms, "overhead": overhead}
 
 
@@ -73,7 +70,7 @@ def main() -> None:
     p.add_argument("--models", type=str_list, default=["resnet20"])
     p.add_argument("--norms", type=str_list, default=["bn", "gn", "none"])
     p.add_argument("--batch-sizes", type=int_list, default=[8, 32])
-    p.add_argument("--every", type=int, default=25, help="diagnostics.every_n_steps")
+    p.add_argument("--every", type=int, default=50, help="diagnostics.every_n_steps")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -87,11 +84,10 @@ def main() -> None:
         for norm in args.norms:
             for batch in args.batch_sizes:
                 r = measure(model, norm, batch, device, args)
-                rows.append([r["model"], r["norm"], r["batch"], f"{r['none']:.2f}", f"{r['idle']:.2f}",
-                             f"{r['measured']:.2f}", f"{100 * r['overhead']:.2f} %"])
-                print(f"{model} {norm} batch {batch}: {r['none']:.2f} / {r['idle']:.2f} / {r['measured']:.2f} ms",
-                      flush=True)
-    print(markdown_table(["model", "norm", "batch", "no hooks ms", "idle hooks ms", "measured step ms",
+                rows.append([r["model"], r["norm"], r["batch"], f"{r['plain']:.2f}", f"{r['measured']:.2f}",
+                             f"{100 * r['overhead']:.2f} %"])
+                print(f"{model} {norm} batch {batch}: {r['plain']:.2f} / {r['measured']:.2f} ms", flush=True)
+    print(markdown_table(["model", "norm", "batch", "plain step ms", "measured step ms",
                           f"overhead at every {args.every}"], rows, left=2))
 
 

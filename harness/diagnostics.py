@@ -38,21 +38,37 @@ def _channels_first(x: torch.Tensor) -> torch.Tensor:
 class NormDiagnostics(pl.Callback):
     def __init__(self, every_n_steps: int):
         self.every_n_steps = every_n_steps
-        self.active, self._handles, self._layers = False, [], []
+        self._handles, self._layers = [], []
 
     # -- set-up -------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage):
-        if stage != "fit" or self._handles:
+        if stage != "fit" or self._layers:
             return
         self._layers = [(name, m) for name, m in pl_module.net.named_modules() if norms.kind_of(m) is not None]
-        self._handles = [m.register_forward_pre_hook(partial(self._measure, i)) for i, (_, m) in enumerate(self._layers)]
         self._reset(pl_module.device)
         self._previous = [None] * len(self._layers)
 
     def teardown(self, trainer, pl_module, stage):
+        self.stop()
+
+    def start(self) -> None:
+        """Measure the next forward pass and gradients. The hooks exist only for measured steps:
+        a registered hook, even one that returns at once, puts every call of its module on
+        PyTorch's slower path (measured: +0.2 to 1 ms a step on a GPU, BENCHMARKS.md)."""
+        if not self._handles:
+            self._handles = [m.register_forward_pre_hook(partial(self._measure, i))
+                             for i, (_, m) in enumerate(self._layers)]
+
+    def stop(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if getattr(self, "_pending", None):
+            self._flush()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
 
     def _reset(self, device):
         self._sums = torch.zeros(len(self._layers), len(METRICS), device=device)
@@ -78,13 +94,14 @@ class NormDiagnostics(pl.Callback):
 
     # -- measuring ------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.active = trainer.global_step % self.every_n_steps == 0
         if self._sums.device != pl_module.device:
             self._reset(pl_module.device)
+        if trainer.global_step % self.every_n_steps == 0:
+            self.start()
 
     @torch.no_grad()
     def _measure(self, i: int, module, args):
-        if not (self.active and module.training):
+        if not module.training:
             return
         x = _channels_first(args[0].detach().float())
         dims = [0, *range(2, x.dim())]
@@ -117,8 +134,7 @@ class NormDiagnostics(pl.Callback):
                 self._add(i, "grad_norm", torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.active = False
-        self._flush()
+        self.stop()
 
     # -- per epoch --------------------------------------------------------------------------
     def epoch_means(self) -> dict:

@@ -103,7 +103,7 @@ class Eval:
 @dataclass
 class Diagnostics:
     enabled: bool = True
-    every_n_steps: int = ranged(25, POSITIVE_INT)
+    every_n_steps: int = ranged(50, POSITIVE_INT)
 
 
 @dataclass

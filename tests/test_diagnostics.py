@@ -21,8 +21,10 @@ def measure(net, batches) -> dict:
     net.train()
     with torch.no_grad():
         for x in batches:
-            diag.active = True
+            diag.start()
             net(x)
+            diag.stop()
+    assert diag.active is False and all(not m._forward_pre_hooks for m in net.modules())  # no hooks between steps
     means = diag.epoch_means()
     diag.teardown(None, module, "fit")
     return means
