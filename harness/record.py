@@ -37,6 +37,7 @@ NEUTRAL_WHEN_ABSENT = {
     "trainer.num_nodes": 1,
     "trainer.strategy": "auto",
     "data.pipeline": "memory",
+    "model.conv": "plain",
 }
 SUMMARY_FILE = "summary.json"
 # The three batch sizes a run records (README "Three batch sizes").

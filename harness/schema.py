@@ -205,7 +205,9 @@ MODEL_FLOAT = Check(lambda v: 0 <= v < 1, "a number from 0 up to (not including)
 
 def _model_range(pname, typ):
     """Every integer a backbone takes (depth, width, patch size, heads, ...) is positive; its
-    floats are dropout rates."""
+    floats are dropout rates; `conv` is one of models.CONVS."""
+    if pname == "conv":
+        return one_of(*models.CONVS)
     return POSITIVE_INT if typ is int else MODEL_FLOAT if typ is float else None
 
 

@@ -48,3 +48,36 @@ def zero_init_last_norm(norm: nn.Module, num_channels: int) -> nn.Module:
         nn.init.zeros_(weight)
         return norm
     return nn.Sequential(norm, SkipInit(num_channels))
+
+
+CONVS = ("plain", "ws")
+
+
+class Standardized(nn.Module):
+    """Weight Standardization (Qiao et al. 2019) as a parametrization of a conv's weight: each
+    filter minus its mean, over its biased standard deviation + eps, over (C_in, k_h, k_w)."""
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, w):
+        var, mean = torch.var_mean(w, dim=tuple(range(1, w.dim())), keepdim=True, correction=0)
+        return (w - mean) / (var.sqrt() + self.eps)
+
+
+def apply_conv(model: nn.Module, conv: str, arch: str) -> nn.Module:
+    """model.conv: "plain" leaves the convolutions; "ws" standardizes the weight of every conv,
+    each of which is followed by a norm in NormLab's ResNets (the WS authors' advice), through
+    torch's parametrizations (the stored parameter is the raw weight)."""
+    if conv not in CONVS:
+        raise ValueError(f"model.conv must be one of {', '.join(CONVS)}, got {conv!r}")
+    if conv == "ws":
+        from torch.nn.utils import parametrize
+
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ValueError(f"model.conv=ws: model arch {arch!r} has no convolution followed by a norm to standardize")
+        for m in convs:
+            parametrize.register_parametrization(m, "weight", Standardized())
+    return model

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import NormFactory, zero_init_last_norm
+from .common import NormFactory, apply_conv, zero_init_last_norm
 
 
 class BasicBlock(nn.Module):
@@ -32,7 +32,7 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, norm: NormFactory, in_channels: int, num_classes: int,
-                 width: int = 16, zero_init_residual: bool = True):
+                 width: int = 16, zero_init_residual: bool = True, conv: str = "plain"):
         super().__init__()
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}")
@@ -50,6 +50,7 @@ class CifarResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        apply_conv(self, conv, "cifar_resnet")
 
     def forward(self, x):
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))

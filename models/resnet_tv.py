@@ -4,13 +4,13 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import resnet
 
-from .common import NormFactory, zero_init_last_norm
+from .common import NormFactory, apply_conv, zero_init_last_norm
 
 _DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
 
 
 def torchvision_resnet(depth: int, norm: NormFactory, in_channels: int, num_classes: int,
-                       small_stem: bool = True, zero_init_residual: bool = True) -> nn.Module:
+                       small_stem: bool = True, zero_init_residual: bool = True, conv: str = "plain") -> nn.Module:
     """small_stem: a 3x3 stride-1 first conv and no max-pool, for 28-32 px images."""
     if depth not in _DEPTHS:
         raise ValueError(f"torchvision ResNet depth must be one of {sorted(_DEPTHS)}, got {depth!r}")
@@ -29,4 +29,4 @@ def torchvision_resnet(depth: int, norm: NormFactory, in_channels: int, num_clas
                 block.bn3 = zero_init_last_norm(block.bn3, block.conv3.out_channels)
             elif isinstance(block, resnet.BasicBlock):
                 block.bn2 = zero_init_last_norm(block.bn2, block.conv2.out_channels)
-    return model
+    return apply_conv(model, conv, "torchvision_resnet")

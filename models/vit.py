@@ -11,7 +11,10 @@ from .common import NormFactory
 
 def vit(norm: NormFactory, in_channels: int, num_classes: int, image_size: int,
         patch_size: int = 4, num_layers: int = 6, num_heads: int = 3, hidden_dim: int = 192,
-        mlp_dim: int = 768, dropout: float = 0.0, attention_dropout: float = 0.0) -> nn.Module:
+        mlp_dim: int = 768, dropout: float = 0.0, attention_dropout: float = 0.0, conv: str = "plain") -> nn.Module:
+    if conv != "plain":  # its one convolution, the patch embedding, is not followed by a norm
+        raise ValueError(f"model.conv={conv}: the ViT has no convolution followed by a norm (its patch embedding "
+                         f"feeds the tokens); Weight Standardization applies to the ResNets; valid for vit: plain")
     if image_size % patch_size:
         raise ValueError(f"ViT image_size {image_size} is not divisible by patch_size {patch_size}")
     if hidden_dim % num_heads:

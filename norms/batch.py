@@ -35,35 +35,44 @@ def _distributed_world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _all_reduce_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """Batch norm of x (N, C, *) with statistics over the union of every process's batch.
+def batch_moments(x: torch.Tensor, synced: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Per-channel mean and biased variance of x (N, C, *) over every axis but C, and how many
+    values each averages; with `synced`, over the union of every process's batch.
 
-    Two differentiable all-reduces (torch.distributed.nn): the sum and count, then the sum of
-    squared deviations from the global mean, so the variance is as exact as single-process
-    BN's. The backward pass all-reduces the gradients of those sums, which makes the input
-    gradient equal to that of BN on the concatenated batch. Works with any backend (gloo on
-    CPU too), unlike nn.SyncBatchNorm.
+    Synced: two differentiable all-reduces (torch.distributed.nn), the sum and count, then the
+    sum of squared deviations from the global mean, so the variance is as exact as one
+    process's. The backward pass all-reduces the gradients of those sums, which makes the input
+    gradient equal to that of the norm on the concatenated batch. Works with any backend (gloo
+    on CPU too), unlike nn.SyncBatchNorm.
     """
-    from torch.distributed.nn.functional import all_reduce
-
-    dtype, x = x.dtype, x.float()  # statistics in float32 under bf16/fp16 autocast too
     dims = [0, *range(2, x.dim())]
     c = x.shape[1]
-    local = torch.cat([x.sum(dims), x.new_full((1,), x.numel() / c)])
-    total = all_reduce(local)
+    if not synced:
+        var, mean = torch.var_mean(x, dims, correction=0)
+        return mean, var, float(x.numel() // c)
+    from torch.distributed.nn.functional import all_reduce
+
+    total = all_reduce(torch.cat([x.sum(dims), x.new_full((1,), x.numel() / c)]))
     count = total[c]
     mean = total[:c] / count
-    shape = (1, c, *[1] * (x.dim() - 2))
-    centered = x - mean.view(shape)
-    var = all_reduce((centered * centered).sum(dims)) / count  # biased, as BN normalizes with
+    centered = x - mean.view(1, c, *[1] * (x.dim() - 2))
+    var = all_reduce((centered * centered).sum(dims)) / count
+    return mean, var, float(count)
+
+
+def _all_reduce_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Batch norm of x (N, C, *) with statistics over the union of every process's batch
+    (`batch_moments`)."""
+    dtype, x = x.dtype, x.float()  # statistics in float32 under bf16/fp16 autocast too
+    mean, var, count = batch_moments(x, synced=True)
+    shape = (1, x.shape[1], *[1] * (x.dim() - 2))
     if bn.track_running_stats:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            unbiased = var * (count / (count - 1).clamp(min=1))
             bn.running_mean.lerp_(mean.detach(), factor)
-            bn.running_var.lerp_(unbiased.detach(), factor)
-    y = centered * torch.rsqrt(var + bn.eps).view(shape)
+            bn.running_var.lerp_(var.detach() * (count / max(count - 1, 1)), factor)
+    y = (x - mean.view(shape)) * torch.rsqrt(var + bn.eps).view(shape)
     if bn.affine:
         y = y * bn.weight.view(shape) + bn.bias.view(shape)
     return y.to(dtype)

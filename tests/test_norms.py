@@ -152,7 +152,7 @@ def test_gn_indivisible_groups_names_the_values():
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda: norms.build("batchnorm", 4), r"unknown norm kind 'batchnorm'; valid kinds: 'bn', 'ln', 'in', 'gn', 'none'"),
+    (lambda: norms.build("batchnorm", 4), r"unknown norm kind 'batchnorm'; valid kinds: 'bn', 'brn', 'ln', 'in', 'gn', 'none', 'ln2d', 'rms'"),
     (lambda: norms.build("bn", 4, layout="nhwc"), r"unknown layout 'nhwc'; valid layouts: 'nchw', 'nlc'"),
     (lambda: norms.build("ln", 4, "nlc", scope="channel"), r"unknown ln scope 'channel'; valid scopes: 'token', 'sample'"),
     (lambda: norms.build("ln", 4, "nchw", scope="token"), r"scope 'token' is not available for layout 'nchw'"),

@@ -86,13 +86,18 @@ BAD_VALUES = [
     (["+optim.optimizer.momentm=0.5"], r"^optim.optimizer.momentm: not an argument of torch.optim.SGD; valid: momentum,"),
     (["optim.optimizer.momentum=-1"], r"^optim.optimizer: torch.optim.SGD refuses .*Invalid momentum value: -1"),
     (["optim.optimizer._target_=torch.optim.Nope"], r"^optim.optimizer._target_: 'torch.optim.Nope' is not an importable"),
-    (["norm.kind=xx"], r"^norm.kind: unknown norm kind 'xx'; valid: bn, gn, in, ln, none$"),
+    (["norm.kind=xx"], r"^norm.kind: unknown norm kind 'xx'; valid: bn, brn, gn, in, ln, ln2d, none, rms$"),
     (["run_name=a/b"], r"^run_name must be a non-empty name without '/'"),
     (["run_name=" + "x" * 201], r"^run_name must be .*at most 200 bytes"),
     (["rerun=always"], r"^rerun must be one of none, stale, got 'always'$"),
     (["logger=wandb", "logger.wandb.mode=onlin"], r"^logger.wandb.mode must be one of auto, online, offline, disabled"),
     (["progress_bar=maybe"], r"^progress_bar must be one of auto, true, false, got 'maybe'$"),
     (["num_threads=0"], r"^num_threads must be auto or a positive integer, got 0$"),
+    (["norm=brn", "norm.r_max=0.5"], r"^norm.r_max must be a number, 1 or more, got 0.5$"),
+    (["norm=brn", "norm.d_max=-1"], r"^norm.d_max must be 0 or more, got -1$"),
+    (["norm=rms", "+norm.eps=0"], r"^norm.eps must be a positive number, got 0$"),
+    (["model.conv=std"], r"^model.conv must be one of plain, ws, got 'std'$"),
+    (["model=vit", "model.conv=ws"], r"^model.conv=ws: the ViT has no convolution followed by a norm"),
 ]
 
 

@@ -31,8 +31,11 @@ def make_case(layout, seed):
     return x, upstream, gamma, beta
 
 
-def run_bn(layout, x, upstream, gamma, beta, **options):
-    bn = norms.build("bn", C, layout, **options)
+BRN = {"r_max": 1.5, "d_max": 0.5}  # limits the batches of these cases clip at
+
+
+def run_bn(layout, x, upstream, gamma, beta, kind="bn", **options):
+    bn = norms.build(kind, C, layout, **options)
     with torch.no_grad():
         bn.weight.copy_(gamma)
         bn.bias.copy_(beta)
@@ -57,6 +60,9 @@ def _worker(rank, world, init_file, out_dir):
                 for key in ("w_grad", "b_grad"):  # DDP's gradient all-reduce (before its 1/world)
                     dist.all_reduce(r[key])
                 out[sync] = r
+            out["brn"] = run_bn(layout, x[part], upstream[part], gamma, beta, kind="brn", sync=True, **BRN)
+            for key in ("w_grad", "b_grad"):
+                dist.all_reduce(out["brn"][key])
             results.append(out)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -79,6 +85,19 @@ def test_sync_bn_in_two_processes_equals_bn_on_the_concatenated_batch(two_proces
     for s in synced:  # every process holds the same parameter gradients and running statistics
         for key in ("w_grad", "b_grad", "running_mean", "running_var"):
             torch.testing.assert_close(s[key], whole[key], rtol=1e-5, atol=1e-5)
+
+
+@each_case
+def test_sync_brn_in_two_processes_equals_brn_on_the_concatenated_batch(two_processes, case):
+    whole = run_bn(CASES[case][0], *make_case(CASES[case][0], seed=case), kind="brn", **BRN)
+    synced = [two_processes[r][case]["brn"] for r in range(2)]
+    for key in ("y", "x_grad"):
+        torch.testing.assert_close(torch.cat([s[key] for s in synced]), whole[key], rtol=1e-5, atol=1e-5)
+    for s in synced:
+        for key in ("w_grad", "b_grad", "running_mean", "running_var"):
+            torch.testing.assert_close(s[key], whole[key], rtol=1e-5, atol=1e-5)
+    plain = run_bn(CASES[case][0], *make_case(CASES[case][0], seed=case))  # the correction is at work
+    assert not torch.allclose(whole["y"], plain["y"], atol=1e-3)
 
 
 @each_case

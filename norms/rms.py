@@ -1,0 +1,48 @@
+"""rms: RMSNorm, x / sqrt(mean of x^2 + eps) * gamma (+ beta), no mean subtraction: over C per
+token for ViT tokens (N, L, C), over C per pixel for CNN maps (N, C, H, W) (timm's RmsNorm2d)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import POSITIVE, Norm, register
+
+
+class _RMS(nn.Module):
+    channel_dim = -1
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__()
+        self.num_channels, self.eps, self.affine = num_channels, eps, affine
+        self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def extra_repr(self):
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+    def forward(self, x):
+        shape = [1] * x.dim()
+        shape[self.channel_dim] = -1
+        y = x * torch.rsqrt(x.pow(2).mean(self.channel_dim, keepdim=True) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+class RMSNormLC(_RMS):
+    """Over C per token of (N, L, C)."""
+
+
+class RMSNorm2d(_RMS):
+    """Over C per pixel of (N, C, H, W)."""
+
+    channel_dim = 1
+
+
+register(Norm(
+    kind="rms",
+    layers={"nchw": RMSNorm2d, "nlc": RMSNormLC},
+    options={"eps": 1e-6, "affine": True},
+    classes=(RMSNorm2d, RMSNormLC),
+    option_ranges={"eps": POSITIVE},
+))
