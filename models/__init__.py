@@ -11,7 +11,8 @@ from torch import nn
 
 import norms
 
-from .common import CONVS, norm_factory
+from .common import CONVS as CONVS
+from .common import norm_factory
 from .resnet_cifar import CifarResNet
 from .resnet_tv import torchvision_resnet
 from .vit import vit

@@ -14,12 +14,8 @@ from .registry import POSITIVE, Check, POSITIVE_INT, UNIT_INTERVAL, Norm, regist
 LN_SCOPES = ("token", "sample")
 
 
-class _SampleLayerNorm(nn.Module):
-    """ln over every axis but the batch, with per-channel gamma/beta (channel is `channel_dim`)
-    passed to F.layer_norm as stride-0 views of the full shape: one fused op that saves half the
-    activations for backward and runs faster than normalizing and then scaling (BENCHMARKS.md)."""
-
-    channel_dim = 1
+class ChannelAffine(nn.Module):
+    """A norm layer's settings and its per-channel gamma (ones) and beta (zeros), if affine."""
 
     def __init__(self, num_channels: int, eps: float, affine: bool):
         super().__init__()
@@ -29,6 +25,14 @@ class _SampleLayerNorm(nn.Module):
 
     def extra_repr(self):
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class _SampleLayerNorm(ChannelAffine):
+    """ln over every axis but the batch, with per-channel gamma/beta (channel is `channel_dim`)
+    passed to F.layer_norm as stride-0 views of the full shape: one fused op that saves half the
+    activations for backward and runs faster than normalizing and then scaling (BENCHMARKS.md)."""
+
+    channel_dim = 1
 
     def forward(self, x):
         shape = x.shape[1:]

@@ -3,22 +3,12 @@ token for ViT tokens (N, L, C), over C per pixel for CNN maps (N, C, H, W) (timm
 from __future__ import annotations
 
 import torch
-from torch import nn
-
+from .layers import ChannelAffine
 from .registry import POSITIVE, Norm, register
 
 
-class _RMS(nn.Module):
+class _RMS(ChannelAffine):
     channel_dim = -1
-
-    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True):
-        super().__init__()
-        self.num_channels, self.eps, self.affine = num_channels, eps, affine
-        self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
-
-    def extra_repr(self):
-        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
 
     def forward(self, x):
         shape = [1] * x.dim()
