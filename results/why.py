@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
+
 from . import stats
 from .analysis import Analysis, column_name
 from .figures import _colors, plt
@@ -166,6 +168,7 @@ def plot_drift(path: Path, a: Analysis, cols_key: str) -> bool:
             ax.plot(epochs, means, marker="o", color=colors[s], label=t.labels[s])
         ax.set_title(column_name(cols_key, c), fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("input drift between measurements\n(mean over layers, in input stds)")
     axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
