@@ -57,7 +57,7 @@ def batch_moments(x: torch.Tensor, synced: bool) -> tuple[torch.Tensor, torch.Te
     mean = total[:c] / count
     centered = x - mean.view(1, c, *[1] * (x.dim() - 2))
     var = all_reduce((centered * centered).sum(dims)) / count
-    return mean, var, float(count)
+    return mean, var, float(count.detach())
 
 
 def _all_reduce_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
