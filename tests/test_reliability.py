@@ -264,6 +264,7 @@ AUGMENTED = ["data=fashion_mnist", "data.train_subset=1024", "data.val_size=256"
              "model=resnet8", "model.width=8", "trainer.max_epochs=2", "checkpoint.every_n_steps=3", "logger=csv"]
 
 
+@pytest.mark.slow  # ~30 s, two trainings; the order's resumption is in make test (test_a_resumed_epoch_...)
 def test_a_run_killed_mid_epoch_and_resumed_ends_bit_exact_with_one_that_never_stopped(tmp_path):
     whole = tmp_path / "whole"
     run_train(*AUGMENTED, f"hydra.run.dir={whole}")
@@ -562,6 +563,7 @@ class _Errors(__import__("http.server").server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow  # ~55 s: each waits out logger.wandb.init_timeout against a stand-in server
 @pytest.mark.parametrize("server", ["errors", "silent"])
 def test_wandb_falls_back_to_offline_when_its_server_fails(tmp_path, server):
     import http.server
@@ -605,7 +607,8 @@ def test_warmup_is_counted_in_real_steps_and_never_fills_the_run(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Sweeps: what a multirun says at its end, and a recipe run without -m
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+@pytest.mark.parametrize("launcher", [[], pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                                           marks=pytest.mark.slow)], ids=["basic", "joblib"])
 def test_a_sweep_with_failing_runs_ends_with_their_list(tmp_path, launcher):
     env = clean_env()
     env.pop("HYDRA_FULL_ERROR")

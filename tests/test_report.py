@@ -228,6 +228,7 @@ def test_cli_bad_option_is_one_line_and_no_argument_prints_usage(tmp_path):
 # ---------------------------------------------------------------------------------------
 # End to end: the sweep a new user launches
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~30 s of real runs; the grouping it checks is tested on written runs in make test
 def test_real_sweep_over_group_count_and_lr_gives_four_series(tmp_path):
     run_train("-m", "norm=gn", "norm.num_groups=1,8", "optim.lr=0.01,0.5", "data=synthetic", "data.batch_size=8",
               "data.train_size=256", "trainer.max_epochs=1", "logger=csv", f"hydra.sweep.dir={tmp_path}")
