@@ -92,7 +92,8 @@ def statistics_evaluation(cfg: DictConfig, net, dm, world_size: int, out_dir: Pa
 
 
 def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
-    """Train and test one configuration; returns the summary written to out_dir/summary.json.
+    """Train and test one configuration (validated by harness.schema); returns the summary
+    written to out_dir/summary.json.
 
     In every DDP process but global rank 0 (`rank_zero=False`) it trains its share and writes
     nothing: no summary, no CSV or W&B run, no checkpoint.
@@ -104,7 +105,6 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
     write = rank_zero  # never over the record of another configuration's run
     with launch.ddp_job():
         try:
-            schema.validate(cfg)
             debug = build.debug_settings(cfg)
             if debug:  # recorded, but never counted as a result
                 summary.update(result=False, debug=debug)
@@ -194,6 +194,7 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
 def train_other_rank(cfg: DictConfig, out_dir: Path) -> None:
     """A DDP process other than global rank 0 (started by Lightning's launcher, or a SLURM or
     torchrun task): trains its share; rank 0 holds the run lock and writes every output."""
+    schema.validate(cfg)  # as rank 0 did: run() takes a validated config
     done = record.read_summary(out_dir)
     if not (done and done.get("status") == "completed"):  # rank 0 (a SLURM task like this one) skips it too
         run(cfg, out_dir, rank_zero=False)

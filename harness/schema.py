@@ -32,6 +32,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 import data as datasets
 import models
 import norms
+from . import build
 from norms.registry import POSITIVE, POSITIVE_INT, Check
 
 NON_NEGATIVE = Check(lambda v: math.isfinite(v) and v >= 0, "0 or more")
@@ -40,7 +41,6 @@ SEED = Check(lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1")
 NAME = Check(lambda v: v != "" and "/" not in v and len(v.encode()) <= 200,
              "a non-empty name without '/', at most 200 bytes (it names a directory)")
 RERUN = ("none", "stale")  # rerun=stale: train again what another commit completed
-LR_SCALINGS = ("linear", "sqrt", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -75,7 +75,7 @@ class DataBase:
 @dataclass
 class OptimBase:
     base_batch_size: int = ranged(128, POSITIVE_INT)
-    lr_scaling: str = ranged("linear", one_of(*LR_SCALINGS))
+    lr_scaling: str = ranged("linear", one_of(*build.LR_SCALINGS))
     warmup_epochs: float = ranged(1.0, Check(NON_NEGATIVE.test, "a number of epochs, 0 or more"))
     weight_decay_norm: bool = True
     lr: float = ranged(0.1, POSITIVE)
@@ -368,13 +368,14 @@ def _check_ranges(node: DictConfig, plain: DictConfig, prefix: str) -> None:
     cls = OmegaConf.get_type(node)
     metadata = {f.name: f.metadata for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
     for key in node:
-        value = node._get_node(key)._value() if OmegaConf.is_missing(node, key) else node[key]
-        dotted = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            continue
+        value, dotted = node[key], f"{prefix}{key}"
         if isinstance(value, DictConfig):
             _check_ranges(value, plain, dotted + ".")
             continue
         check = metadata.get(key, {}).get("check")
-        if check is None or value is None or OmegaConf.is_missing(node, key):
+        if check is None or value is None:
             continue
         try:
             ok = check.test(value)

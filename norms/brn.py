@@ -24,7 +24,10 @@ from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Check, Norm, regist
 
 
 class _Renorm(_BatchStatistics):
-    def _init_renorm(self, r_max, d_max, warmup_steps):
+    def __init__(self, num_features, r_max=3.0, d_max=5.0, warmup_steps=0, virtual_batch_size=None, sync=False,
+                 **options):
+        super().__init__(num_features, **options)  # PyTorch's batch norm of the subclass
+        self._init_statistics(virtual_batch_size, sync)
         self.r_max_final, self.d_max_final, self.warmup_steps = float(r_max), float(d_max), int(warmup_steps)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
@@ -70,12 +73,6 @@ class _Renorm(_BatchStatistics):
 
 
 class BatchRenorm2d(_Renorm, nn.BatchNorm2d):
-    def __init__(self, num_features, r_max=3.0, d_max=5.0, warmup_steps=0, virtual_batch_size=None, sync=False,
-                 **options):
-        super().__init__(num_features, **options)
-        self._init_statistics(virtual_batch_size, sync)
-        self._init_renorm(r_max, d_max, warmup_steps)
-
     def _forward(self, x):
         _check_train_batch(self, x.shape[0] * x.shape[2] * x.shape[3], x.shape)
         return self._normalize(x)
@@ -83,12 +80,6 @@ class BatchRenorm2d(_Renorm, nn.BatchNorm2d):
 
 class TokenBatchRenorm(_Renorm, nn.BatchNorm1d):
     """brn over (N, L) per channel for (N, L, C) tokens."""
-
-    def __init__(self, num_features, r_max=3.0, d_max=5.0, warmup_steps=0, virtual_batch_size=None, sync=False,
-                 **options):
-        super().__init__(num_features, **options)
-        self._init_statistics(virtual_batch_size, sync)
-        self._init_renorm(r_max, d_max, warmup_steps)
 
     def _forward(self, x):
         _check_train_batch(self, x.shape[0] * x.shape[1], x.shape)

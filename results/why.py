@@ -7,9 +7,11 @@ From what each run recorded (harness/evaluation.py, harness/diagnostics.py):
   difference PreciseBN - EMA (the same runs, so a paired interval) next to the series' gap
   between its smallest and largest column;
 - batch_noise.png: the noise of the batch mean against the column (batch size), for the
-  first, middle and last statistics layer, with a 1/sqrt(batch) reference;
-- input_drift.png: input drift per epoch (mean over layers and seeds), one panel per column,
-  one line per series (the `none` control included).
+  first, middle and last statistics layer, mean and 95% CI over seeds, with a 1/sqrt(batch)
+  reference;
+- input_drift.png: input drift per epoch (mean over layers; mean and 95% band over seeds), one
+  panel per column, one line per series (the `none` control included). Every figure and number
+  is per cell: runs that differ only by seed.
 """
 from __future__ import annotations
 
@@ -114,15 +116,18 @@ def plot_noise(path: Path, analyses: list[Analysis], cols_key: str) -> bool:
         names = _statistics_layers([r for c in t.columns for r in t.cells[s, c].chosen])
         depth = {names[0]: "first", names[len(names) // 2]: "middle", names[-1]: "last"}
         for i, (name, where) in enumerate(depth.items()):
-            xs, ys = [], []
+            xs, ys, low, high = [], [], [], []
             for c in t.columns:
                 values = [r.diagnostics[name]["batch_mean_noise"] for r in t.cells[s, c].chosen
                           if r.diagnostics and "batch_mean_noise" in r.diagnostics.get(name, {})]
                 if values:
+                    sm = stats.summarize(values)  # 95% t interval over seeds (none for one seed)
                     xs.append(c)
-                    ys.append(sum(values) / len(values))
+                    ys.append(sm.mean)
+                    low.append(sm.mean - sm.ci_low if sm.ci_low is not None else 0.0)
+                    high.append(sm.ci_high - sm.mean if sm.ci_high is not None else 0.0)
             if ys:
-                ax.plot(xs, ys, marker="o", color=f"C{i}", label=f"{where} ({name})")
+                ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, color=f"C{i}", label=f"{where} ({name})")
                 if i == 0:
                     ref = [ys[-1] * math.sqrt(xs[-1] / x) for x in xs]
                     ax.plot(xs, ref, ls="--", color="grey", label="∝ 1/√batch")
@@ -135,7 +140,7 @@ def plot_noise(path: Path, analyses: list[Analysis], cols_key: str) -> bool:
         ax.set_title(f"{t.labels[s]}{': ' + t.title if t.title else ''}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Noise of the batch statistics, last epoch (mean over seeds)", fontsize=10)
+    fig.suptitle("Noise of the batch statistics, last epoch (mean and 95% CI over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -164,13 +169,17 @@ def plot_drift(path: Path, a: Analysis, cols_key: str) -> bool:
             epochs = sorted({e for curve in curves for e in curve})
             if not epochs:
                 continue
-            means = [sum(cv[e] for cv in curves if e in cv) / sum(1 for cv in curves if e in cv) for e in epochs]
-            ax.plot(epochs, means, marker="o", color=colors[s], label=t.labels[s])
+            summaries = [stats.summarize([cv[e] for cv in curves if e in cv]) for e in epochs]
+            ax.plot(epochs, [sm.mean for sm in summaries], marker="o", color=colors[s], label=t.labels[s])
+            banded = [(e, sm) for e, sm in zip(epochs, summaries) if sm.ci_low is not None]
+            if banded:  # 95% t interval over seeds
+                ax.fill_between([e for e, _ in banded], [sm.ci_low for _, sm in banded],
+                                [sm.ci_high for _, sm in banded], color=colors[s], alpha=0.15)
         ax.set_title(column_name(cols_key, c), fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("input drift between measurements\n(mean over layers, in input stds)")
+    axes[0, 0].set_ylabel("input drift between measurements\n(mean over layers, in input stds; 95% CI over seeds)")
     axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle(f"Internal covariate shift, measured{': ' + t.title if t.title else ''}", fontsize=10)
     fig.tight_layout()
