@@ -1,4 +1,5 @@
-"""Pieces shared by the backbones: the norm factory handed to them and residual zero-init."""
+"""Pieces shared by the backbones: the norm factory handed to them, the activation after a
+norm-activation site, residual zero-init and Weight Standardization."""
 from __future__ import annotations
 
 from functools import partial
@@ -20,6 +21,14 @@ def norm_factory(norm: dict) -> NormFactory:
         raise ValueError(f"norm config needs a 'kind' (one of {', '.join(norms.kinds())}); got {norm}")
     norms.get(kind)  # an unknown kind fails here, before any layer is built
     return partial(norms.build, kind, **norm)
+
+
+def activation_after(norm_layer: nn.Module) -> nn.Module:
+    """The activation a backbone applies after a norm it built with act=True (a site where a norm
+    is followed by an activation): none when the norm includes its own (frn's TLU, the
+    EvoNorms), else ReLU. Sites built with act=False (before a residual addition, in a
+    shortcut) keep a plain norm."""
+    return nn.Identity() if norms.includes_activation(norm_layer) else nn.ReLU(inplace=True)
 
 
 class SkipInit(nn.Module):

@@ -1,20 +1,23 @@
 """The CIFAR ResNet of He et al. (2016), depth 6n+2: resnet20, resnet32, resnet44, resnet56, ...
 
 Three stages of n basic blocks at widths (w, 2w, 4w), w = 16 in the paper. Shortcuts that
-change shape use a 1x1 convolution followed by a norm (option B).
+change shape use a 1x1 convolution followed by a norm (option B). The norms followed by a ReLU
+(the stem's, each block's first) are norm-activation sites (act=True): a norm that includes its
+activation replaces the ReLU there; the ReLU after each residual addition stays.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from .common import NormFactory, apply_conv, zero_init_last_norm
+from .common import NormFactory, activation_after, apply_conv, zero_init_last_norm
 
 
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, norm: NormFactory, zero_init: bool):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.norm1 = norm(cout)
+        self.norm1 = norm(cout, act=True)
+        self.act1 = activation_after(self.norm1)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.norm2 = norm(cout)
         if zero_init:
@@ -25,7 +28,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x):
-        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.act1(self.norm1(self.conv1(x)))
         out = self.norm2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
@@ -37,7 +40,8 @@ class CifarResNet(nn.Module):
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), norm(width), nn.ReLU(inplace=True))
+        stem_norm = norm(width, act=True)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), stem_norm, activation_after(stem_norm))
         blocks, cin = [], width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
             for i in range(n):

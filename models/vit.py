@@ -19,11 +19,12 @@ def vit(norm: NormFactory, in_channels: int, num_classes: int, image_size: int,
         raise ValueError(f"ViT image_size {image_size} is not divisible by patch_size {patch_size}")
     if hidden_dim % num_heads:
         raise ValueError(f"ViT hidden_dim {hidden_dim} is not divisible by num_heads {num_heads}")
-    # torchvision applies norm_layer to (N, L, C) tokens: every site gets the nlc layout.
+    # torchvision applies norm_layer to (N, L, C) tokens: every site gets the nlc layout, and
+    # none is followed by an activation (the MLP's GELU follows a Linear): act=False throughout.
     model = VisionTransformer(
         image_size=image_size, patch_size=patch_size, num_layers=num_layers, num_heads=num_heads,
         hidden_dim=hidden_dim, mlp_dim=mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
-        num_classes=num_classes, norm_layer=lambda c: norm(c, layout="nlc"),
+        num_classes=num_classes, norm_layer=lambda c: norm(c, layout="nlc", act=False),
     )
     # torchvision fixes conv_proj's in_channels at 3; rebuild it for the data's channels,
     # with torchvision's own initialisation.

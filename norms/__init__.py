@@ -29,6 +29,7 @@ from .registry import (
     build,
     check_sites,
     get,
+    includes_activation,
     kind_of,
     kinds,
     label,
@@ -38,9 +39,10 @@ from .registry import (
     uses_batch_statistics,
 )
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "registry":
-        importlib.import_module(f"{__name__}.{_module.name}")
+# The four norms and the control first (the order reports list kinds in), then the others by file.
+_FIRST = ("batch", "layers")
+for _name in (*_FIRST, *sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in (*_FIRST, "registry"))):
+    importlib.import_module(f"{__name__}.{_name}")
 
-__all__ = ["LAYOUTS", "Norm", "build", "check_sites", "get", "kind_of", "kinds", "label", "normalization_batch",
+__all__ = ["LAYOUTS", "Norm", "build", "check_sites", "get", "includes_activation", "kind_of", "kinds", "label", "normalization_batch",
            "register", "unregister", "uses_batch_statistics"]

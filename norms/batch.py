@@ -17,14 +17,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Norm, register
+from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Norm, kind_of, register
 
 
 def _check_train_batch(module: nn.Module, values_per_channel: int, shape) -> None:
     # PyTorch's own error ("Expected more than 1 value per channel") does not say what to do.
     if module.training and values_per_channel <= 1:
         raise ValueError(
-            f"bn cannot train on a single value per channel (input shape {tuple(shape)}): "
+            f"{kind_of(module) or 'bn'} cannot train on a single value per channel (input shape {tuple(shape)}): "
             "batch statistics are undefined. Use a batch size of at least 2, or a "
             "batch-independent norm (ln, in, gn)."
         )

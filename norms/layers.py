@@ -14,6 +14,11 @@ from .registry import POSITIVE, Check, POSITIVE_INT, UNIT_INTERVAL, Norm, regist
 LN_SCOPES = ("token", "sample")
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 when it is half or bfloat16 (statistics in fp32 under autocast), else as is."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class ChannelAffine(nn.Module):
     """A norm layer's settings and its per-channel gamma (ones) and beta (zeros), if affine."""
 
@@ -119,19 +124,21 @@ def _gn(cls):
     return build
 
 
-def _gn_sites(sites: list[tuple[str, int]], options: dict) -> None:
-    """Name the first layer whose channels num_groups does not divide, and the group counts
-    that would divide every layer of the model."""
-    groups = options["num_groups"]
-    bad = [(name, c) for name, c in sites if not _valid_groups(groups) or c % groups]
-    if bad:
-        name, channels = bad[0]
-        common = [g for g in range(1, min(c for _, c in sites) + 1) if all(c % g == 0 for _, c in sites)]
-        raise ValueError(
-            f"gn: num_groups={groups!r} does not divide the {channels} channels of layer '{name}'"
-            f"{f' (and {len(bad) - 1} more layers)' if len(bad) > 1 else ''}; "
-            f"group counts that divide every layer of this model: {common}"
-        )
+def group_sites(kind: str):
+    """check_sites for a norm with a `num_groups` option: name the first layer whose channels
+    num_groups does not divide, and the group counts that would divide every layer of the model."""
+    def check(sites: list[tuple[str, int]], options: dict) -> None:
+        groups = options["num_groups"]
+        bad = [(name, c) for name, c in sites if not _valid_groups(groups) or c % groups]
+        if bad:
+            name, channels = bad[0]
+            common = [g for g in range(1, min(c for _, c in sites) + 1) if all(c % g == 0 for _, c in sites)]
+            raise ValueError(
+                f"{kind}: num_groups={groups!r} does not divide the {channels} channels of layer '{name}'"
+                f"{f' (and {len(bad) - 1} more layers)' if len(bad) > 1 else ''}; "
+                f"group counts that divide every layer of this model: {common}"
+            )
+    return check
 
 
 register(Norm(
@@ -140,7 +147,7 @@ register(Norm(
     options={"eps": 1e-5, "affine": True, "num_groups": 32},  # 32: the GN paper's
     classes=(nn.GroupNorm, TokenGroupNorm),
     notation={"num_groups": lambda g: f"G={g}"},
-    check_sites=_gn_sites,
+    check_sites=group_sites("gn"),
     option_ranges={"eps": POSITIVE, "num_groups": POSITIVE_INT},
 ))
 

@@ -46,6 +46,11 @@ class Norm:
     option_types: Mapping[str, type] = field(default_factory=dict)
     # option -> the range its value must be in (the config schema checks it before training)
     option_ranges: Mapping[str, Check] = field(default_factory=dict)
+    # the activation the kind includes where a network applies one right after the norm (frn's
+    # TLU, the EvoNorms' gates): its builders take `apply_act`, which `build(..., act=True)` sets
+    activation: str = ""
+    # layout -> why the kind has no definition there (said when a model asks for it)
+    missing_layouts: Mapping[str, str] = field(default_factory=dict)
 
     def option_type(self, name: str):
         """The type an option's value must have (Optional when its default is None)."""
@@ -89,13 +94,17 @@ def _choices(values) -> str:
     return ", ".join(repr(v) for v in values)
 
 
-def build(kind: str, num_channels: int, layout: str = "nchw", **options) -> nn.Module:
+def build(kind: str, num_channels: int, layout: str = "nchw", act: bool = False, **options) -> nn.Module:
     """Build a normalization layer whose output has its input's shape.
 
     Args:
         kind: a registered kind (`kinds()`): "bn", "ln", "in", "gn", "none", ...
         num_channels: C, the channel (feature) dimension.
         layout: "nchw" for CNN feature maps, "nlc" for ViT tokens (N, L, C).
+        act: the network applies an activation right after this norm (a norm-activation site,
+            as timm's norm-act layers). A kind that includes its activation (`Norm.activation`:
+            frn, evonorm_*) then builds it in, and the network must not apply its own
+            (`includes_activation`); other kinds ignore it.
         **options: the kind's options (PyTorch's names where PyTorch has the layer); unset
             options take the kind's defaults.
     """
@@ -103,14 +112,25 @@ def build(kind: str, num_channels: int, layout: str = "nchw", **options) -> nn.M
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid layouts: {_choices(LAYOUTS)}")
     if layout not in norm.layers:
-        raise ValueError(f"norm {kind!r} has no definition for layout {layout!r}; it supports {_choices(norm.layers)}")
+        why = norm.missing_layouts.get(layout)
+        raise ValueError(f"norm {kind!r} has no definition for layout {layout!r}; it supports {_choices(norm.layers)}"
+                         + (f" ({why})" if why else ""))
     if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
         raise ValueError(f"num_channels must be a positive integer, got {num_channels!r}")
     unknown = sorted(set(options) - set(norm.options))
     if unknown:
         valid = _choices(norm.options) or "none"
         raise ValueError(f"norm {kind!r} does not take option(s) {_choices(unknown)}; valid options: {valid}")
+    if norm.activation:
+        options = {**options, "apply_act": bool(act)}
     return norm.layers[layout](num_channels, **{**norm.options, **options})
+
+
+def includes_activation(module: nn.Module) -> bool:
+    """Whether a norm `build` made applies its own activation (built with act=True by a kind
+    that includes one): the network then applies none after it."""
+    kind = kind_of(module)
+    return bool(kind and get(kind).activation and getattr(module, "apply_act", False))
 
 
 def kind_of(module: nn.Module) -> str | None:

@@ -35,10 +35,30 @@ def test_recipe_composes_and_every_grid_point_builds(hydra_conf, name):
     assert cfg.experiment_name == name
     grid = sweeper_grid(cfg)
     assert [int(b) for b in grid["data.batch_size"]] == sorted(int(b) for b in grid["data.batch_size"])
-    for norm in grid.get("norm", [cfg.norm.kind]):
-        point = compose("config", overrides=[f"experiment={name}", f"norm={norm}"])
+    choices = [f"+zoo={z}" for z in grid["+zoo"]] if "+zoo" in grid else [f"norm={n}" for n in grid.get("norm", [cfg.norm.kind])]
+    for choice in choices:
+        point = compose("config", overrides=[f"experiment={name}", choice])
         dm = data.build(point.data)
         models.build(point.model, point.norm, dm.in_channels, dm.num_classes, dm.image_size)  # gn groups divide
+
+
+ZOO = {"bn": ("bn", "plain"), "gn": ("gn", "plain"), "gn_ws": ("gn", "ws"), "brn": ("brn", "plain"),
+       "frn": ("frn", "plain"), "evonorm_s0": ("evonorm_s0", "plain"), "evonorm_b0": ("evonorm_b0", "plain")}
+
+
+@pytest.mark.parametrize("name,protocol", [("small_batch_zoo", "norm_vs_batch"), ("quick_zoo", "quick")])
+def test_the_zoo_recipes_are_their_protocol_with_the_seven_entries(hydra_conf, name, protocol):
+    zoo = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    base = compose("config", overrides=[f"experiment={protocol}"], return_hydra_config=True)
+    zoo_grid, base_grid = sweeper_grid(zoo), sweeper_grid(base)
+    assert zoo_grid["+zoo"] == list(ZOO) and "norm" not in zoo_grid
+    assert {k: v for k, v in zoo_grid.items() if k != "+zoo"} == {k: v for k, v in base_grid.items() if k != "norm"}
+    for key in ("data", "model", "optim", "trainer"):  # the same protocol, key for key
+        assert zoo[key] == base[key], key
+    for entry, (kind, conv) in ZOO.items():
+        point = compose("config", overrides=[f"experiment={name}", f"+zoo={entry}"])
+        assert (point.norm.kind, point.model.conv) == (kind, conv)
+        assert {k: point[k] for k in ("data", "optim", "trainer")} == {k: zoo[k] for k in ("data", "optim", "trainer")}
 
 
 def test_norm_batch_vs_opt_batch_holds_one_batch_while_varying_the_other(hydra_conf):

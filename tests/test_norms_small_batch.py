@@ -156,16 +156,149 @@ def test_weight_standardization_on_a_backbone_without_convs_before_norms_is_one_
         models.build({"name": "vit", "arch": "vit", "conv": "ws"}, {"kind": "ln"}, 3, 10, 32)
 
 
+def _randomize(layer):
+    """Affine parameters (and v, tau, eps_l) away from their initial values, so each term counts."""
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            p.uniform_(-0.5, 0.5) if name in ("bias", "tau") else p.uniform_(0.5, 1.5)
+    return layer
+
+
+def _c(t):
+    return t.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("learnable_eps", [False, True])
+def test_frn_with_tlu_is_the_papers_equation_over_h_w(learnable_eps):
+    x = torch.randn(3, 6, 4, 5) * 3 + 1
+    layer = _randomize(norms.build("frn", 6, act=True, learnable_eps=learnable_eps))
+    eps = 1e-6 + (_c(layer.eps_l).abs() if learnable_eps else 0)
+    nu2 = (x * x).mean((2, 3), keepdim=True)  # no mean subtraction
+    y = _c(layer.weight) * x / (nu2 + eps).sqrt() + _c(layer.bias)
+    torch.testing.assert_close(layer(x), torch.maximum(y, _c(layer.tau)))
+    plain = _randomize(norms.build("frn", 6, act=False))  # a site with no activation after it: no TLU
+    assert plain.tau is None and not norms.includes_activation(plain) and norms.includes_activation(layer)
+    torch.testing.assert_close(plain(x), _c(plain.weight) * x / ((x * x).mean((2, 3), keepdim=True) + 1e-6).sqrt()
+                               + _c(plain.bias))
+    torch.testing.assert_close(layer.eval()(x), layer.train()(x))  # no batch statistics: train = eval
+    assert torch.autograd.gradcheck(layer.double(), (x.double().requires_grad_(),))
+
+
+def test_frn_on_tokens_is_over_l_per_sample_and_channel():
+    x = torch.randn(3, 7, 6)
+    layer = _randomize(norms.build("frn", 6, "nlc", act=True))
+    y = x / ((x * x).mean(1, keepdim=True) + 1e-6).sqrt() * layer.weight + layer.bias
+    torch.testing.assert_close(layer(x), torch.maximum(y, layer.tau))
+
+
+def test_frn_without_tlu_on_a_1x1_map_is_the_sign_and_learnable_eps_avoids_it():
+    x = torch.randn(8, 6, 1, 1)
+    x = x + x.sign() * 0.1  # |x| >= 0.1 >> sqrt(eps)
+    layer = _randomize(norms.build("frn", 6))
+    torch.testing.assert_close(layer(x), _c(layer.weight) * x.sign() + _c(layer.bias), atol=1e-3, rtol=0)
+    learned = norms.build("frn", 6, learnable_eps=True)
+    with torch.no_grad():
+        learned.eps_l.fill_(1.0)
+    assert not torch.allclose(learned(x), x.sign(), atol=0.05)  # a large learned eps keeps the magnitude
+
+
+def test_evonorm_s0_is_the_papers_equation_with_group_variance():
+    x = torch.randn(3, 8, 4, 4) * 2 + 0.5
+    layer = _randomize(norms.build("evonorm_s0", 8, act=True, num_groups=2))
+    var = x.view(3, 2, -1).var(-1, unbiased=False).repeat_interleave(4, 1).view(3, 8, 1, 1)  # over (C/G, H, W)
+    expected = x * torch.sigmoid(_c(layer.v) * x) / (var + 1e-5).sqrt() * _c(layer.weight) + _c(layer.bias)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.eval()(x), expected)  # no batch statistics
+    assert torch.autograd.gradcheck(layer.double(), (x.double().requires_grad_(),))
+    plain = _randomize(norms.build("evonorm_s0", 8, num_groups=2))  # no activation after it: gamma x + beta
+    assert plain.v is None
+    torch.testing.assert_close(plain(x), x * _c(plain.weight) + _c(plain.bias))
+
+
+def test_evonorm_b0_is_the_papers_equation_with_batch_and_instance_variance():
+    x = torch.randn(6, 4, 3, 3) * 2 + 1
+    layer = _randomize(norms.build("evonorm_b0", 4, act=True)).train()
+    batch_var = x.var((0, 2, 3), unbiased=False)
+    instance_var = x.var((2, 3), unbiased=False, keepdim=True)
+
+    def expected(var):
+        left = _c((var + 1e-5).sqrt())
+        return x / torch.maximum(left, _c(layer.v) * x + (instance_var + 1e-5).sqrt()) * _c(layer.weight) + _c(layer.bias)
+
+    torch.testing.assert_close(layer(x), expected(batch_var))
+    torch.testing.assert_close(layer.running_var, 0.9 + 0.1 * x.var((0, 2, 3), unbiased=True))  # as bn's
+    torch.testing.assert_close(layer.eval()(x), expected(layer.running_var))  # evaluation: the running variance
+    gradcheck_layer = _randomize(norms.build("evonorm_b0", 4, act=True)).double().train()
+    gradcheck_layer.momentum = 0.0
+    assert torch.autograd.gradcheck(gradcheck_layer, (x.double().requires_grad_(),))
+    plain = _randomize(norms.build("evonorm_b0", 4))
+    assert plain.v is None and plain.running_var is None  # no batch statistics where it only scales
+    torch.testing.assert_close(plain(x), x * _c(plain.weight) + _c(plain.bias))
+
+
+def test_evonorm_b0_uses_batch_statistics_like_bn():
+    assert norms.normalization_batch({"kind": "evonorm_b0"}, per_device_batch=16, world_size=2) == 16
+    assert norms.normalization_batch({"kind": "evonorm_b0", "virtual_batch_size": 4}, 16, 1) == 4
+    assert norms.normalization_batch({"kind": "evonorm_b0", "sync": True}, 16, 2) == 32
+    assert norms.normalization_batch({"kind": "evonorm_s0"}, 16, 2) == norms.normalization_batch({"kind": "frn"}, 16, 2) == 1
+    x = torch.randn(8, 4, 3, 3)
+    ghost = norms.build("evonorm_b0", 4, act=True, virtual_batch_size=4).train()
+    whole = norms.build("evonorm_b0", 4, act=True).train()
+    torch.testing.assert_close(ghost(x), torch.cat([whole(x[:4]), whole(x[4:])]))
+    with pytest.raises(ValueError, match="evonorm_b0 cannot train on a single value per channel"):
+        norms.build("evonorm_b0", 4, act=True).train()(torch.randn(1, 4, 1, 1))
+
+
+def _relus(net):
+    return sum(isinstance(m, nn.ReLU) for m in net.modules())
+
+
+@pytest.mark.parametrize("arch,model,act_sites,plain_sites", [
+    ("cifar_resnet", {"depth": 8, "width": 8}, 1 + 3, 3 + 2),  # stem + norm1 per block; norm2 per block + 2 shortcuts
+    ("torchvision_resnet", {"depth": 18}, 1 + 8, 8 + 3),
+    ("torchvision_resnet", {"depth": 50}, 1 + 2 * 16, 16 + 4),
+])
+def test_backbones_ask_for_norm_activation_where_a_relu_follows_the_norm(arch, model, act_sites, plain_sites):
+    frn = models.build({"name": arch, "arch": arch, **model}, {"kind": "frn"}, 3, 10, 32)
+    layers = [m for m in frn.modules() if norms.kind_of(m) == "frn"]
+    assert sum(m.apply_act for m in layers) == act_sites and sum(not m.apply_act for m in layers) == plain_sites
+    bn = models.build({"name": arch, "arch": arch, **model}, {"kind": "bn"}, 3, 10, 32)
+    # a norm with its own activation replaces the ReLU at its site; the ReLU after each addition stays
+    assert _relus(bn) - _relus(frn) == act_sites
+
+
+def test_frn_with_tlu_at_zero_tau_is_the_plain_norm_and_relu_in_a_backbone():
+    """With tau = 0 the TLU is a ReLU: a ResNet with frn equals one whose frn sites all lack the
+    TLU and are followed by ReLU, which checks that the TLU sits exactly where the ReLU was."""
+    spec = {"name": "r8", "arch": "cifar_resnet", "depth": 8, "width": 8, "zero_init_residual": False}
+    torch.manual_seed(0)
+    net = models.build(spec, {"kind": "frn"}, 1, 10, 16)
+    reference = __import__("copy").deepcopy(net)
+    for module in reference.modules():
+        if norms.kind_of(module) == "frn" and module.apply_act:
+            module.apply_act = False
+        for name, child in module.named_children():
+            if isinstance(child, nn.Identity):  # the activation the frn site replaced
+                setattr(module, name, nn.ReLU())
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(net(x), reference(x))
+
+
 MODELS = [({"name": "r8", "arch": "cifar_resnet", "depth": 8, "width": 8}, 28, 1),
           ({"name": "resnet18", "arch": "torchvision_resnet", "depth": 18}, 32, 3),
           ({"name": "vit", "arch": "vit", "hidden_dim": 48, "num_heads": 2, "num_layers": 2, "mlp_dim": 96}, 32, 3)]
 
 
-@pytest.mark.parametrize("kind", ["brn", "rms", "ln2d"])
+@pytest.mark.parametrize("kind", ["brn", "rms", "ln2d", "frn", "evonorm_s0", "evonorm_b0"])
 @pytest.mark.parametrize("model,size,channels", MODELS, ids=["cifar_resnet", "torchvision_resnet", "vit"])
 def test_every_model_builds_and_trains_with_each_new_norm(kind, model, size, channels):
     torch.manual_seed(0)
-    net = models.build(model, {"kind": kind}, channels, 10, size)
+    norm = {"kind": kind, **({"num_groups": 4} if kind == "evonorm_s0" else {})}
+    if kind.startswith("evonorm") and model["arch"] == "vit":
+        with pytest.raises(ValueError, match=f"norm '{kind}' has no definition for layout 'nlc'; it supports 'nchw'"):
+            models.build(model, norm, channels, 10, size)
+        return
+    net = models.build(model, norm, channels, 10, size)
     assert {norms.kind_of(m) for m in net.modules()} - {None} == {kind}
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     x, y = torch.randn(4, channels, size, size), torch.randint(0, 10, (4,))

@@ -86,7 +86,7 @@ BAD_VALUES = [
     (["+optim.optimizer.momentm=0.5"], r"^optim.optimizer.momentm: not an argument of torch.optim.SGD; valid: momentum,"),
     (["optim.optimizer.momentum=-1"], r"^optim.optimizer: torch.optim.SGD refuses .*Invalid momentum value: -1"),
     (["optim.optimizer._target_=torch.optim.Nope"], r"^optim.optimizer._target_: 'torch.optim.Nope' is not an importable"),
-    (["norm.kind=xx"], r"^norm.kind: unknown norm kind 'xx'; valid: bn, brn, gn, in, ln, ln2d, none, rms$"),
+    (["norm.kind=xx"], r"^norm.kind: unknown norm kind 'xx'; valid: bn, brn, evonorm_b0, evonorm_s0, frn, gn, in, ln, ln2d, none, rms$"),
     (["run_name=a/b"], r"^run_name must be a non-empty name without '/'"),
     (["run_name=" + "x" * 201], r"^run_name must be .*at most 200 bytes"),
     (["rerun=always"], r"^rerun must be one of none, stale, got 'always'$"),
@@ -98,6 +98,12 @@ BAD_VALUES = [
     (["norm=rms", "+norm.eps=0"], r"^norm.eps must be a positive number, got 0$"),
     (["model.conv=std"], r"^model.conv must be one of plain, ws, got 'std'$"),
     (["model=vit", "model.conv=ws"], r"^model.conv=ws: the ViT has no convolution followed by a norm"),
+    (["norm=frn", "+norm.eps=0"], r"^norm.eps must be a positive number, got 0$"),
+    (["norm=frn", "norm.learnable_eps=maybe"], r"^norm.learnable_eps must be true or false, got 'maybe'$"),
+    (["norm=evonorm_s0", "norm.num_groups=32"], r"^evonorm_s0: num_groups=32 does not divide the 16 channels of layer 'stem.1'"),
+    (["norm=evonorm_b0", "data.batch_size=1"], r"^norm=evonorm_b0 with data.batch_size=1: batch statistics"),
+    (["model=vit", "model.hidden_dim=48", "model.num_heads=2", "norm=evonorm_b0"],
+     r"^norm 'evonorm_b0' has no definition for layout 'nlc'; it supports 'nchw' \(the EvoNorms are defined for CNN"),
 ]
 
 
