@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .batch import _BatchStatistics, _check_train_batch, _distributed_world, batch_moments
-from .layers import ChannelAffine, at_least_fp32, _gn, group_sites
+from .layers import ChannelAffine, _gn, at_least_fp32, group_sites
 from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Norm, register
 
 _NO_TOKENS = ("the EvoNorms are defined for CNN feature maps, and a ViT applies no activation right after a norm, "
