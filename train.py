@@ -126,6 +126,7 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
             if wandb_logger:
                 wrun = wandb_logger.experiment
                 summary["wandb"] = {"id": wrun.id, "dir": str(Path(wrun.dir).parent), "mode": wrun.settings.mode}
+                loggers.link_to_dashboard(out_dir, Path(wrun.dir).parent)
             trainer = build.trainer(cfg, out_dir, run_loggers, callbacks_for(cfg, out_dir), enable_checkpointing=False)
 
             # The learning rate follows the optimisation batch (per device x devices x accumulation).
@@ -138,8 +139,9 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
                                                                               trainer.world_size),
                            accelerator=trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower(),
                            precision=str(trainer.precision))
-            if wandb_logger:  # the batch sizes, to group and filter by in the W&B workspace
-                wandb_logger.experiment.config.update({k: summary[k] for k in record.BATCH_KEYS}, allow_val_change=True)
+            if wandb_logger:  # the learning rate and batch sizes, to group and filter by in the W&B workspace
+                wandb_logger.experiment.config.update({k: summary[k] for k in ("lr", "base_lr", *record.BATCH_KEYS)},
+                                                      allow_val_change=True)
             module = Classifier(net, cfg.optim, lr, channels_last=cfg.perf.channels_last, compile=cfg.perf.compile,
                                 identity=summary["identity"])
 
@@ -152,10 +154,10 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
             if rank_zero:
                 results.update(statistics_evaluation(cfg, module.net, dm, trainer.world_size, out_dir))
             summary.update(results)
-            if wandb_logger:
+            if wandb_logger:  # what the logged curves do not already hold (test/acc, val/acc: their last values)
                 wandb_logger.experiment.summary.update(
-                    {k: summary[k] for k in ("best_val_acc", "final_val_acc", "test_acc", "images_per_second", "num_params",
-                                             *record.STATISTICS_KEYS) if k in summary})
+                    {"train/images_per_second": summary["images_per_second"],  # the mean over epochs, as summary.json's
+                     **{k: summary[k] for k in ("best_val_acc", "num_params", *record.STATISTICS_KEYS) if k in summary}})
             return summary
         except Diverged as err:
             # Not a bug: a finding. The summary says so and a sweep goes on with the next run.

@@ -17,9 +17,10 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from harness import launch
+    from harness import launch, schema
 
     launch.register_resolvers()
+    schema.register()  # conf/config.yaml's open_trainer node
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
 

@@ -153,4 +153,4 @@ class NormDiagnostics(pl.Callback):
         flat = {f"diag/{layer}/{metric}": value for layer, row in means.items() for metric, value in row.items()}
         if flat and trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics({**flat, "epoch": trainer.current_epoch}, step=trainer.global_step)
+                logger.log_metrics({**flat, "epoch": pl_module.epoch_number()}, step=trainer.global_step)

@@ -131,15 +131,27 @@ def children_run_this_job(out_dir: Path) -> None:
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.instance().cfg.hydra
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    sys.argv = [sys.argv[0], *job_overrides()]
     with open_dict(hydra_cfg), read_write(hydra_cfg):
         hydra_cfg.run.dir = str(out_dir)
 
 
+def job_overrides() -> list[str] | None:
+    """This job's own overrides (under -m, its point of the sweep, not the sweep command), or
+    None outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
+
+
 @contextlib.contextmanager
-def scrubbed_argv():
-    """sys.argv without secret values while W&B reads it (it records the command line)."""
-    argv, sys.argv = sys.argv, scrub_argv(sys.argv)
+def scrubbed_argv(args: list[str] | None = None):
+    """sys.argv without secret values while W&B reads it (it records the command line); with
+    `args`, the program name and those arguments instead of the command line."""
+    argv = sys.argv
+    sys.argv = scrub_argv(sys.argv if args is None else [sys.argv[0], *args])
     try:
         yield
     finally:

@@ -45,12 +45,16 @@ def warmup_steps(warmup_epochs: float, steps_per_epoch: float, total_steps: int)
 
 def param_groups(net: torch.nn.Module, weight_decay_norm: bool) -> list[dict]:
     """[decayed, not decayed]: without `weight_decay_norm`, norm gamma/beta and biases are not
-    decayed (the GN paper decays every weight: weight_decay_norm=true)."""
+    decayed (the GN paper decays every weight: weight_decay_norm=true). The parameters a model
+    names in `no_weight_decay()` (the ViT's position embedding and class token, as in timm)
+    are never decayed."""
+    never = net.no_weight_decay() if hasattr(net, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for module in net.modules():
+    for module_name, module in net.named_modules():
         is_norm = norms.kind_of(module) is not None
         for name, p in module.named_parameters(recurse=False):
-            skip = not weight_decay_norm and (is_norm or name == "bias")
+            full = f"{module_name}.{name}" if module_name else name
+            skip = full in never or (not weight_decay_norm and (is_norm or name == "bias"))
             (no_decay if skip else decay).append(p)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -94,6 +98,11 @@ class Classifier(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net_forward(x)
 
+    def epoch_number(self) -> int:
+        """The epoch as the console, summary.json, the CSV log and W&B count it: from 1. In
+        training and validation the epoch under way; in testing after fit, the last one."""
+        return self.current_epoch if self.trainer.testing else self.current_epoch + 1
+
     def epoch_row(self) -> dict:
         """The history row of the current epoch, created on first use."""
         epoch = self.current_epoch + 1
@@ -125,7 +134,7 @@ class Classifier(pl.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             raise Diverged(f"training loss is {loss.item()} at step {self.global_step}")
         metrics = {"train/loss_step": loss.item(), "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
-                   "epoch": self.current_epoch}
+                   "epoch": self.epoch_number()}
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step)
 
@@ -142,13 +151,13 @@ class Classifier(pl.LightningModule):
         sums = sums if sums is not None else torch.zeros(3, device=self.device)
         loss, correct, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
         result = {loss_key: loss / max(count, 1), acc_key: correct / max(count, 1)}
-        self.log_dict(result)
+        self.log_dict({**result, "epoch": float(self.epoch_number())})  # Lightning's own "epoch" counts from 0
         return result
 
     def finish_train_epoch(self, images_per_second: float) -> dict:
         """The epoch's mean training loss and accuracy over every process, into its history row."""
         result = self._means(self._train, "train/loss_epoch", "train/acc")
-        self.log("train/images_per_second", images_per_second)
+        self.log_dict({"train/images_per_second": images_per_second, "epoch": float(self.epoch_number())})
         self.epoch_row().update({"train/loss": result["train/loss_epoch"], "train/acc": result["train/acc"],
                                  "images_per_second": images_per_second})
         return result

@@ -28,6 +28,7 @@ NOT_IDENTITY = (
     "data.root", "data.download", "data.num_workers", "data.system_dir",
     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
     "num_threads", "perf", "rerun", "eval", "diagnostics",
+    "model.gn_groups",  # a default for norm.num_groups, which the identity holds
 )
 # Keys added after runs had been named, left out of the identity while they hold the value
 # that trains what runs trained before the key existed; so relaunching an older sweep still
@@ -58,6 +59,18 @@ def identity_source(cfg) -> dict:
         if leaf in node and node[leaf] == neutral:
             del node[leaf]
     return tree
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested config as dotted keys: {"norm.kind": "gn", "data.batch_size": 8, ...} (lists as tuples)."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
 
 
 def _parent(tree: dict, dotted: str) -> tuple[dict, str]:

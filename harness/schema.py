@@ -216,7 +216,8 @@ def model_schema(arch: str) -> type:
     ctor = models.ARCHS[arch]
     return _from_signature(f"model_{arch}", ctor.__init__ if inspect.isclass(ctor) else ctor,
                            {"self", "norm", "in_channels", "num_classes", "image_size"}, _model_range,
-                           extra=[("name", str, field(default=MISSING)), ("arch", str, field(default=arch))])
+                           extra=[("name", str, field(default=MISSING)), ("arch", str, field(default=arch)),
+                                  ("gn_groups", Optional[int], field(default=None, metadata={"check": POSITIVE_INT}))])
 
 
 DATA_RANGES = {"num_classes": Check(lambda v: v >= 2, "an integer, 2 or more"), "data_seed": SEED}
@@ -273,6 +274,17 @@ def register() -> None:
     for name in datasets.DATASETS:
         store.store(group="schema/data", name=name, node=data_schema(name))
     store.store(group="schema", name="trainer", node=trainer_schema())
+    store.store(name="open_trainer", node=open_trainer())
+
+
+def open_trainer() -> DictConfig:
+    """The `trainer` node open to new keys, first in conf/config.yaml's defaults: any Trainer
+    argument is `trainer.<arg>=...` on the command line, without `+`, as Lightning users type
+    it. `validate` checks every key against Lightning's Trainer signature, so a misspelt one is
+    still one line naming it. The rest of the config stays closed (struct)."""
+    node = OmegaConf.create({"trainer": {}})
+    OmegaConf.set_struct(node.trainer, False)
+    return node
 
 
 # ---------------------------------------------------------------------------------------

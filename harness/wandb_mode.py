@@ -57,9 +57,10 @@ def wandb_mode(requested: str) -> tuple[str, str]:
     return "online", "logged in"
 
 
-def start_run(requested: str, init_timeout: float, what: str = "W&B", **init_kwargs):
+def start_run(requested: str, init_timeout: float, what: str = "W&B", args: list[str] | None = None, **init_kwargs):
     """A started wandb run, or None when disabled or when W&B cannot start even offline.
 
+    `args`: the command-line arguments W&B records in the run's metadata (default: sys.argv's).
     Prints one line saying which mode and why (or why not)."""
     mode, why = wandb_mode(requested)
     if mode == "disabled":
@@ -67,7 +68,7 @@ def start_run(requested: str, init_timeout: float, what: str = "W&B", **init_kwa
     import wandb
 
     def attempt(m: str):
-        with launch.scrubbed_argv():  # W&B records the command line in the run's metadata
+        with launch.scrubbed_argv(args):  # W&B records the command line in the run's metadata
             return wandb.init(mode=m, settings=wandb.Settings(init_timeout=init_timeout, silent=True), **init_kwargs)
 
     try:

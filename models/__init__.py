@@ -20,7 +20,7 @@ from .vit import vit
 # arch name -> constructor(norm=..., in_channels=..., num_classes=..., [image_size=...], **options)
 ARCHS = {"cifar_resnet": CifarResNet, "torchvision_resnet": torchvision_resnet, "vit": vit}
 # Keys of the model config that describe the run, not the constructor.
-_META_KEYS = {"name", "arch"}
+_META_KEYS = {"name", "arch", "gn_groups"}  # gn_groups: read by conf/norm/gn.yaml
 
 
 def build(model: dict, norm: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:

@@ -9,6 +9,15 @@ from torchvision.models.vision_transformer import VisionTransformer
 from .common import NormFactory
 
 
+class ViT(VisionTransformer):
+    """torchvision's VisionTransformer, naming the parameters that are not weight-decayed."""
+
+    def no_weight_decay(self) -> set[str]:
+        """The position embedding and the class token: timm's rule for ViTs (decaying them
+        pulls positions and the class token towards zero)."""
+        return {"class_token", "encoder.pos_embedding"}
+
+
 def vit(norm: NormFactory, in_channels: int, num_classes: int, image_size: int,
         patch_size: int = 4, num_layers: int = 6, num_heads: int = 3, hidden_dim: int = 192,
         mlp_dim: int = 768, dropout: float = 0.0, attention_dropout: float = 0.0, conv: str = "plain") -> nn.Module:
@@ -21,7 +30,7 @@ def vit(norm: NormFactory, in_channels: int, num_classes: int, image_size: int,
         raise ValueError(f"ViT hidden_dim {hidden_dim} is not divisible by num_heads {num_heads}")
     # torchvision applies norm_layer to (N, L, C) tokens: every site gets the nlc layout, and
     # none is followed by an activation (the MLP's GELU follows a Linear): act=False throughout.
-    model = VisionTransformer(
+    model = ViT(
         image_size=image_size, patch_size=patch_size, num_layers=num_layers, num_heads=num_heads,
         hidden_dim=hidden_dim, mlp_dim=mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
         num_classes=num_classes, norm_layer=lambda c: norm(c, layout="nlc", act=False),

@@ -56,20 +56,9 @@ class Run:
             return str(self.config.get("norm.kind"))
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
 def config_key(resolved: dict) -> dict:
     """The flattened identity source of a resolved config, less the seed and run name."""
-    flat = flatten(record.identity_source(OmegaConf.create(resolved)))
+    flat = record.flatten(record.identity_source(OmegaConf.create(resolved)))
     return {k: v for k, v in flat.items() if k not in NOT_SERIES}
 
 

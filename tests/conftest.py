@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import launch
+from harness import launch, schema
 
 REPO = Path(__file__).resolve().parents[1]
 WANDB = str(Path(sys.executable).with_name("wandb"))
 
 launch.prepare_process()  # as train.py: the ${identity:} resolver, the same warning filters
+schema.register()  # as train.py: the schemas, and conf/config.yaml's open_trainer node
 
 
 def clean_env(**extra) -> dict:
@@ -27,6 +28,18 @@ def run_train(*args, cwd=REPO, env=None, timeout=900, check=True) -> subprocess.
     if check and proc.returncode != 0:
         pytest.fail(f"train.py {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def wandb_environment(run_dir: Path) -> dict:
+    """The environment W&B recorded for an offline run (command-line arguments, program, ...),
+    from its transaction log (`wandb leet inspect --json`)."""
+    import json
+
+    proc = subprocess.run([WANDB, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                          timeout=120, env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    return next(r["environment"] for r in records if r.get("type") == "environment" and "args" in r["environment"])
 
 
 def wandb_inspect(run_dir: Path) -> dict:

@@ -49,3 +49,36 @@ def test_defaults(hydra_conf):
     assert (cfg.norm.kind, cfg.model.name, cfg.data.name) == ("bn", "resnet20", "fashion_mnist")
     assert cfg.optim.lr_scaling == "linear" and cfg.trainer.accelerator == "auto"
     assert cfg.logger.wandb.project == "normlab"
+
+
+def test_any_trainer_argument_is_typed_without_plus(hydra_conf):
+    cfg = compose("config", overrides=["trainer.fast_dev_run=true", "trainer.accumulate_grad_batches=4"])
+    assert cfg.trainer.fast_dev_run is True and cfg.trainer.accumulate_grad_batches == 4
+    with pytest.raises(Exception, match="Could not override .optim.lrr."):  # only the trainer node is open
+        compose("config", overrides=["optim.lrr=0.1"])
+
+
+def test_the_vit_trains_with_adamw_unless_told_otherwise(hydra_conf):
+    assert compose("config", overrides=["model=vit"]).optim.optimizer._target_ == "torch.optim.AdamW"
+    assert compose("config", overrides=["model=vit", "optim=sgd"]).optim.optimizer._target_ == "torch.optim.SGD"
+    assert compose("config", overrides=["model=resnet20"]).optim.optimizer._target_ == "torch.optim.SGD"
+
+
+@pytest.mark.parametrize("model,norm,groups", [("resnet18", "gn", 32), ("resnet50", "gn", 32), ("resnet20", "gn", 8),
+                                               ("resnet50", "evonorm_s0", 32), ("resnet8", "evonorm_s0", 8)])
+def test_gn_uses_the_gn_papers_32_groups_on_resnet18_and_50(hydra_conf, model, norm, groups):
+    assert compose("config", overrides=[f"model={model}", f"norm={norm}"]).norm.num_groups == groups
+    assert compose("config", overrides=[f"model={model}", f"norm={norm}", "norm.num_groups=16"]).norm.num_groups == 16
+
+
+def test_the_vits_position_embedding_and_class_token_are_never_weight_decayed():
+    from harness.module import param_groups
+
+    net = models.build({"name": "vit", "arch": "vit", "hidden_dim": 48, "num_heads": 2, "num_layers": 2, "mlp_dim": 96},
+                       {"kind": "ln"}, 3, 10, 32)
+    for weight_decay_norm in (True, False):
+        decay, no_decay = param_groups(net, weight_decay_norm)
+        names = {n for n, p in net.named_parameters() if any(p is q for q in no_decay["params"])}
+        assert {"class_token", "encoder.pos_embedding"} <= names
+        assert ("encoder.layers.encoder_layer_0.ln_1.weight" in names) is not weight_decay_norm
+        assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))

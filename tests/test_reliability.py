@@ -83,6 +83,8 @@ BAD_VALUES = [
     (["model=vit", "+model.dropout=1.5"], r"^model.dropout must be a number from 0 up to \(not including\) 1, got 1.5$"),
     (["++trainer.accumulate_grad_batches=0"], r"^trainer.accumulate_grad_batches must be a positive integer, got 0$"),
     (["++trainer.max_epohcs=3"], r"^trainer.max_epohcs: no such key .*max_epochs"),
+    (["trainer.max_epohcs=3"], r"^trainer.max_epohcs: no such key .*max_epochs"),  # without ++, as Lightning users type
+    (["trainer.accumulate_grad_batches=0"], r"^trainer.accumulate_grad_batches must be a positive integer, got 0$"),
     (["+optim.optimizer.momentm=0.5"], r"^optim.optimizer.momentm: not an argument of torch.optim.SGD; valid: momentum,"),
     (["optim.optimizer.momentum=-1"], r"^optim.optimizer: torch.optim.SGD refuses .*Invalid momentum value: -1"),
     (["optim.optimizer._target_=torch.optim.Nope"], r"^optim.optimizer._target_: 'torch.optim.Nope' is not an importable"),
@@ -240,10 +242,10 @@ def _wandb_epochs(run_dir: Path) -> list[int]:
 def _assert_logged_once(run_dir: Path):
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows if r.get("val/acc")] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows if r.get("val/acc")] == [1, 2, 3]  # counted from 1, as the console
     steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
     assert steps == list(range(9, 3 * 128, 10))  # every 10th step of 3 epochs of 128, each once
-    assert sorted(_wandb_epochs(run_dir)) == [0, 1, 2]
+    assert sorted(_wandb_epochs(run_dir)) == [1, 2, 3]
 
 
 @pytest.mark.slow  # ~40 s; SIGTERM + relaunch (in make test) covers resuming too
@@ -593,7 +595,7 @@ def test_wandb_falls_back_to_offline_when_its_server_fails(tmp_path, server):
     assert "W&B: offline (online start failed" in proc.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["wandb"]["mode"] == "offline"
-    assert wandb_inspect(next((tmp_path / "wandb").glob("offline-run-*")))["summary"]["test_acc"] == summary["test_acc"]
+    assert wandb_inspect(next((tmp_path / "wandb").glob("offline-run-*")))["summary"]["test/acc"] == summary["test_acc"]
 
 
 def test_warmup_is_counted_in_real_steps_and_never_fills_the_run(tmp_path):

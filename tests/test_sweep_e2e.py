@@ -88,7 +88,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(sweep):
     with open(interrupted / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     val_epochs = [int(r["epoch"]) for r in rows if r.get("val/acc")]
-    assert val_epochs == [0, 1, 2]  # every epoch exactly once, across the kill
+    assert val_epochs == [1, 2, 3]  # every epoch exactly once, across the kill
     steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
     assert steps == sorted(set(steps))  # no step logged twice
     # W&B: the same run id resumed (offline: a second offline-run directory with that id).

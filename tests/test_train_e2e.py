@@ -4,11 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, run_train, wandb_inspect
+from conftest import WANDB, clean_env, run_train, wandb_environment, wandb_inspect
 
 SUMMARY_KEYS = {"norm", "model", "data", "batch_size", "lr", "seed", "epochs", "best_val_acc", "final_val_acc",
                 "test_acc", "train_seconds", "images_per_second", "num_params", "status", "config", "wandb"}
 EPOCHS = 6  # in needs them on this data: 3 epochs gave 26-62 % over seeds 0-2, 6 epochs 94-98 %
+NORMS = ("bn", "ln", "in", "gn", "none")
 SYNTH = ["data=synthetic", f"trainer.max_epochs={EPOCHS}", "data.batch_size=32"]
 
 
@@ -23,11 +24,11 @@ def read_csv_epochs(path: Path) -> dict:
 def sweep(tmp_path_factory):
     """One real multirun over every norm on synthetic data."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    proc = run_train("-m", "norm=bn,ln,in,gn,none", *SYNTH, f"hydra.sweep.dir={sweep_dir}")
+    proc = run_train("-m", f"norm={','.join(NORMS)}", *SYNTH, f"hydra.sweep.dir={sweep_dir}")
     return sweep_dir, proc
 
 
-@pytest.mark.parametrize("norm", ["bn", "ln", "in", "gn", "none"])
+@pytest.mark.parametrize("norm", NORMS)
 def test_every_norm_learns_and_records_its_run(sweep, norm):
     sweep_dir, _ = sweep
     (run_dir,) = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.split("_", 1)[-1].startswith(f"{norm}-")]
@@ -45,8 +46,8 @@ def test_every_norm_learns_and_records_its_run(sweep, norm):
 
     # The CSV log holds every epoch's validation accuracy, matching the summary.
     csv_epochs = read_csv_epochs(run_dir / "metrics.csv")
-    assert sorted(csv_epochs) == list(range(EPOCHS))
-    assert csv_epochs[EPOCHS - 1] == pytest.approx(summary["final_val_acc"])
+    assert sorted(csv_epochs) == list(range(1, EPOCHS + 1))  # counted from 1, as the console and summary.json
+    assert csv_epochs[EPOCHS] == pytest.approx(summary["final_val_acc"])
 
     # The W&B run (offline here: no key) is this job's own, not the previous job's.
     assert summary["wandb"]["mode"] == "offline"
@@ -54,12 +55,52 @@ def test_every_norm_learns_and_records_its_run(sweep, norm):
     record = wandb_inspect(Path(summary["wandb"]["dir"]))
     assert record["run_id"] == summary["wandb"]["id"]
     assert record["config"]["norm"] == norm and record["config"]["batch_size"] == 32
-    assert record["config"]["cfg"]["norm"] == summary["config"]["norm"]  # the whole resolved config
-    assert record["name"] == f"{norm}-resnet20-bs32-s0"
+    # the whole resolved config as flat dotted keys, and the learning rate after scaling
+    assert {k: v for k, v in record["config"].items() if k.startswith("norm.")} == \
+        {f"norm.{k}": v for k, v in summary["config"]["norm"].items()}
+    assert record["config"]["optim.lr"] == 0.1 and record["config"]["lr"] == pytest.approx(summary["lr"])
+    assert record["config"]["data.batch_size"] == 32 and record["config"]["trainer.max_epochs"] == EPOCHS
+    assert not any(isinstance(v, dict) for v in record["config"].values())
+    assert record["name"] == f"{norm}-resnet20-bs32-s0-{summary['identity']}" == run_dir.name.split("_", 1)[-1]
+    # one summary key per quantity: the curves' last values, not copies under other names
+    assert not {"test_acc", "final_val_acc", "images_per_second"} & set(record["summary"])
+    assert record["summary"]["train/images_per_second"] == pytest.approx(summary["images_per_second"])
+    assert record["summary"]["epoch"] == EPOCHS
+    # the sweep's W&B directory links every run, named like its directory, for `wandb leet <sweep>/wandb`
+    link = sweep_dir / "wandb" / f"offline-run-{run_dir.name}"
+    assert link.is_symlink() and link.resolve() == Path(summary["wandb"]["dir"]).resolve()
+    assert wandb_inspect(link)["run_id"] == summary["wandb"]["id"]
+    environment = wandb_environment(Path(summary["wandb"]["dir"]))
+    assert sorted(environment["args"]) == sorted([f"norm={norm}", *SYNTH])  # the job's own overrides, not the sweep's
     assert f"norm:{norm}" in record["tags"]
     assert record["summary"]["test/acc"] == pytest.approx(summary["test_acc"])
     assert record["summary"]["val/acc"] == pytest.approx(summary["final_val_acc"])
     assert record["state"] == "finished"
+
+
+@pytest.mark.slow  # drives W&B's terminal dashboard through a pseudo-terminal
+def test_one_terminal_dashboard_lists_every_run_of_the_sweep(sweep):
+    import os
+    import pty
+    import select
+    import signal
+    import time
+
+    sweep_dir, _ = sweep
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: W&B's dashboard on the sweep's W&B directory, in a 200x50 terminal
+        os.environ.update(TERM="xterm-256color", COLUMNS="200", LINES="50")
+        os.execv(WANDB, [WANDB, "leet", str(sweep_dir / "wandb")])
+    screen, deadline = b"", time.time() + 20
+    try:
+        while time.time() < deadline and not all(f"offline-run-{n}-resnet20".encode() in screen for n in NORMS):
+            if select.select([fd], [], [], 0.2)[0]:
+                screen += os.read(fd, 1 << 16)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    listed = {n for n in NORMS if f"offline-run-{n}-resnet20-bs32-s0-".encode() in screen}
+    assert listed == set(NORMS), screen[-3000:]
 
 
 def test_multirun_prints_one_result_line_per_job(sweep):
@@ -82,7 +123,7 @@ def test_vit_with_trainer_override_and_unreachable_wandb(tmp_path):
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/lr")]
     assert max(steps) == 2 * 5 - 1  # 5 batches per epoch, not the 32 the data set has
     record = wandb_inspect(Path(summary["wandb"]["dir"]))
-    assert record["config"]["cfg"]["model"]["arch"] == "vit" and record["config"]["norm"] == "ln"
+    assert record["config"]["model.arch"] == "vit" and record["config"]["norm"] == "ln"
 
 
 def test_a_failing_run_says_failed_in_its_summary(tmp_path):
