@@ -55,15 +55,21 @@ def callbacks_for(cfg: DictConfig, out_dir: Path) -> list[pl.Callback]:
 
 
 def resume_point(cfg: DictConfig, out_dir: Path, rank_zero: bool, summary: dict) -> tuple[Path | None, int | None]:
-    """The checkpoint a run that stopped part-way resumes from, and its step: only its own
-    (another configuration's is refused); an unreadable one is set aside and the run starts over."""
-    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    """The checkpoint a run that stopped part-way resumes from, and its step: `ckpt_path` when
+    given, else the run's own last.ckpt. Only this configuration's (another's is refused); an
+    unreadable last.ckpt is set aside and the run starts over, an unreadable ckpt_path refused."""
+    given = cfg.get("ckpt_path")
+    ckpt = Path(given).expanduser() if given else out_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
+        if given:
+            raise FileNotFoundError(f"ckpt_path={given}: no such checkpoint file")
         return None, None
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         step = state["global_step"]
     except Exception as err:  # noqa: BLE001 - truncated, empty or not a checkpoint at all
+        if given:
+            raise ValueError(f"ckpt_path={given} is not a readable checkpoint ({type(err).__name__})") from None
         if rank_zero:
             record.set_aside(ckpt, f"unreadable checkpoint ({type(err).__name__}), starting over")
         return None, None

@@ -26,13 +26,15 @@ LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 
 def debug_settings(cfg: DictConfig) -> dict:
     """The Trainer settings that make a run a check of the code rather than a measurement
-    (fast_dev_run, overfit_batches, a limit_*_batches below the whole split; Lightning reads an
+    (fast_dev_run, overfit_batches, a profiler, a limit_*_batches below the whole split; Lightning reads an
     integer limit as a number of batches, so limit_train_batches=1 is one batch). {} when none."""
     trainer, out = cfg.trainer, {}
     if trainer.get("fast_dev_run"):
         out["trainer.fast_dev_run"] = trainer.fast_dev_run
     if trainer.get("overfit_batches"):
         out["trainer.overfit_batches"] = trainer.overfit_batches
+    if trainer.get("profiler"):  # its hooks slow every step: the run's costs are not the norm's
+        out["trainer.profiler"] = trainer.profiler
     for key in LIMITS:
         value = trainer.get(key)
         if value is not None and (isinstance(value, int) or value != 1.0):

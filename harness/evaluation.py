@@ -38,6 +38,12 @@ def _device(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
+def _as_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x in the network's dtype (float64 after trainer.precision=64; images are made in float32)."""
+    dtype = next(net.parameters()).dtype
+    return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
+
+
 @torch.no_grad()
 def accuracy(net: nn.Module, batches: Iterable, batch_statistics: bool = False) -> float:
     """Top-1 accuracy over (x, y) batches. With `batch_statistics`, every batch-statistics norm
@@ -51,7 +57,7 @@ def accuracy(net: nn.Module, batches: Iterable, batch_statistics: bool = False) 
             layer.momentum = 0.0  # running = running: train-mode statistics leave no trace
     correct = total = 0
     for x, y in batches:
-        correct += (net(x).argmax(1) == y).sum().item()
+        correct += (net(_as_net(net, x)).argmax(1) == y).sum().item()
         total += len(y)
     return correct / max(total, 1)
 
@@ -72,7 +78,7 @@ def precise_bn(net: nn.Module, batches: Iterable) -> tuple[nn.Module, int]:
         layer.train()
     n = 0
     for x, _ in batches:
-        net(x)
+        net(_as_net(net, x))
         n += 1
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum

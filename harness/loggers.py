@@ -40,7 +40,7 @@ def wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:
     """A WandbLogger on a run started by `wandb_mode.start_run`, or None (CSV only)."""
     wcfg = cfg.logger.wandb
     tags = [f"norm:{cfg.norm.kind}", f"model:{cfg.model.name}", f"data:{cfg.data.name}",
-            f"bs:{cfg.data.batch_size}", *wcfg.tags]
+            f"bs:{cfg.data.batch_size}", *wcfg.tags, *cfg.get("tags", [])]
     # Run names are those of the run directories: two configurations never share one.
     # Every string handed to W&B is scrubbed of secret values (W&B writes them to its files).
     # The id derives from the run's identity and resume="allow": a relaunched run continues the

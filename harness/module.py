@@ -94,6 +94,10 @@ class Classifier(pl.LightningModule):
         self._logged_step = None
 
     def forward(self, x):
+        # Images are made on the device in float32 (data.base: augmentation after the transfer);
+        # a network Lightning converted (trainer.precision=64, 16-true, bf16-true) takes its own dtype.
+        if x.is_floating_point() and x.dtype != self.dtype:
+            x = x.to(self.dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net_forward(x)

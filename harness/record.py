@@ -29,6 +29,7 @@ NOT_IDENTITY = (
     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
     "num_threads", "perf", "rerun", "eval", "diagnostics",
     "model.gn_groups",  # a default for norm.num_groups, which the identity holds
+    "tags", "ckpt_path",  # labels; a checkpoint of this same run to resume from
 )
 # Keys added after runs had been named, left out of the identity while they hold the value
 # that trains what runs trained before the key existed; so relaunching an older sweep still
@@ -139,7 +140,7 @@ def start_summary(cfg, out_dir: Path) -> dict:
     return {
         "status": "running", "norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name,
         "batch_size": cfg.data.batch_size, "seed": cfg.seed, "epochs": cfg.trainer.max_epochs,
-        "run_name": cfg.run_name, "experiment": cfg.experiment_name, "identity": identity(cfg),
+        "run_name": cfg.run_name, "experiment": cfg.experiment_name, "tags": list(cfg.get("tags") or []), "identity": identity(cfg),
         "output_dir": str(out_dir), "started_at": _now(), "code": code_version(),
         "config": redact(OmegaConf.to_container(cfg, resolve=True)),
     }

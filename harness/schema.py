@@ -141,6 +141,8 @@ class TrainConfig:
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     eval: Eval = field(default_factory=Eval)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    tags: List[str] = field(default_factory=list)
+    ckpt_path: Optional[str] = None
 
 
 # ---------------------------------------------------------------------------------------
