@@ -60,3 +60,19 @@ def test_double_precision_trains_and_evaluates(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["precision"] == "64-true"
     assert summary["test_acc"] > 0.25 and "test_acc_precise_bn" in summary
+
+
+def test_a_dry_run_lists_each_job_with_its_identity_and_state_and_trains_nothing(tmp_path):
+    run_train("-m", "norm=bn", *TINY, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}")
+    (done_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    proc = run_train("-m", "norm=bn,gn", "data.batch_size=32,1", *TINY, "trainer.max_epochs=1",
+                     f"hydra.sweep.dir={tmp_path}", "hydra/launcher=dry_run", check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert any(f"[done] {done_dir}" in line for line in lines), proc.stdout
+    refused = next(line for line in lines if "[refused]" in line)  # bn cannot train on batches of one
+    assert f"{tmp_path}/bn-resnet8-bs1-s0-" in refused
+    assert "error: norm=bn with data.batch_size=1" in lines[lines.index(refused) + 1]
+    assert sum(f"[to run] {tmp_path}/gn-resnet8-bs" in line for line in lines) == 2
+    assert "dry run: 4 run(s): 1 done, 1 refused, 2 to run; nothing trained" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([done_dir.name, "multirun.yaml"])  # no run started
