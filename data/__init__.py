@@ -6,9 +6,11 @@ import inspect
 from .base import ImageDataModule
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .fashion_mnist import FashionMNISTDataModule
+from .imagefolder import ImageFolderDataModule
 from .synthetic import SyntheticDataModule
 
-DATASETS = {m.name: m for m in (FashionMNISTDataModule, CIFAR10DataModule, CIFAR100DataModule, SyntheticDataModule)}
+DATASETS = {m.name: m for m in (FashionMNISTDataModule, CIFAR10DataModule, CIFAR100DataModule, SyntheticDataModule,
+                                 ImageFolderDataModule)}
 
 
 def _accepted(cls) -> set[str]:

@@ -28,6 +28,18 @@ PIPELINES = ("memory", "dataloader")
 SPLITS = ("train", "val", "test")
 
 
+def seeded(item, get):
+    """`get(i)` for a sampler's item: an index, or (index, seed) from EpochSampler(sample_seeds),
+    in which case torchvision's random transforms (which draw from torch's global generator)
+    draw from that seed."""
+    i, seed = item if isinstance(item, tuple) else (item, None)
+    if seed is None:
+        return get(i)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get(i)
+
+
 class PILImages(Dataset):
     """uint8 (N, C, H, W) images served one at a time as PIL images through torchvision transforms."""
 
@@ -37,17 +49,15 @@ class PILImages(Dataset):
     def __len__(self):
         return len(self.y)
 
-    def __getitem__(self, item):
+    def _get(self, i):
         from PIL import Image
 
-        i, seed = item if isinstance(item, tuple) else (item, None)
         img = self.x[i].permute(1, 2, 0).numpy()
         img = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)
-        if seed is None:
-            return self.transform(img), self.y[i]
-        with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global generator
-            torch.manual_seed(seed)
-            return self.transform(img), self.y[i]
+        return self.transform(img), self.y[i]
+
+    def __getitem__(self, item):
+        return seeded(item, self._get)
 
 
 def _mix(*values: int) -> int:
@@ -190,6 +200,7 @@ class ImageDataModule(pl.LightningDataModule):
                 self._resume = None
         return DataLoader(self._splits[split], batch_size=batch_size, sampler=sampler, drop_last=train,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=self.pipeline != "memory" and torch.cuda.is_available(),
                           generator=torch.Generator().manual_seed(_mix(seed, SPLITS.index(split))))
 
     def train_dataloader(self):

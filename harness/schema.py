@@ -365,6 +365,9 @@ def check_ranges(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Refuse a config a run cannot train as asked: an unknown key, a wrong type, a value out
     of its range, or keys that contradict each other. One ValueError, naming the key."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    if missing:  # a `???` in a config file: a value only the user can give (data.root=... for imagefolder)
+        raise ValueError(f"{missing[0]} is required: give it on the command line ({missing[0]}=...)")
     plain = OmegaConf.create(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
                                                     resolve=True))
     schema = schema_for(plain)
