@@ -29,6 +29,15 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
+def warmup_step_decay(step: int, warmup: int, milestones: list[int], gamma: float) -> float:
+    """The learning-rate factor at optimizer step `step`: linear warmup over `warmup` steps,
+    then multiplied by `gamma` at each milestone step passed (the GN paper's ImageNet schedule:
+    x0.1 at epochs 30, 60 and 90)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return gamma ** sum(step >= m for m in milestones)
+
+
 def warmup_steps(warmup_epochs: float, steps_per_epoch: float, total_steps: int) -> tuple[int, str | None]:
     """Warmup epochs as optimizer steps, and why they were capped (None if not).
 
@@ -217,5 +226,11 @@ class Classifier(pl.LightningModule):
         warmup, capped = warmup_steps(self.optim_cfg.warmup_epochs, per_epoch, total)
         if capped and self.trainer.is_global_zero:
             print(capped, flush=True)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        if self.optim_cfg.get("schedule", "cosine") == "step":
+            milestones = [round(e * per_epoch) for e in self.optim_cfg.milestones]
+            gamma = self.optim_cfg.step_gamma
+            factor = lambda step: warmup_step_decay(step, warmup, milestones, gamma)  # noqa: E731
+        else:
+            factor = lambda step: warmup_cosine(step, warmup, total)  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

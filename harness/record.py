@@ -40,6 +40,9 @@ NEUTRAL_WHEN_ABSENT = {
     "trainer.strategy": "auto",
     "data.pipeline": "memory",
     "model.conv": "plain",
+    "optim.schedule": "cosine",
+    "optim.milestones": [],
+    "optim.step_gamma": 0.1,
 }
 SUMMARY_FILE = "summary.json"
 # The three batch sizes a run records (README "Three batch sizes").

@@ -80,6 +80,9 @@ class OptimBase:
     weight_decay_norm: bool = True
     lr: float = ranged(0.1, POSITIVE)
     optimizer: Dict[str, Any] = field(default_factory=dict)  # checked by building it (`_optimizer`)
+    schedule: str = ranged("cosine", one_of("cosine", "step"))
+    milestones: List[float] = field(default_factory=list)
+    step_gamma: float = ranged(0.1, Check(lambda v: 0 < v <= 1, "a number above 0, at most 1"))
 
 
 @dataclass
@@ -434,6 +437,12 @@ def _cross_field(cfg: DictConfig) -> None:
         raise ValueError("trainer.max_epochs=-1 is a step budget: it needs trainer.max_steps (a positive integer)")
     if trainer.get("max_epochs") is None and (trainer.get("max_steps") or -1) < 1:
         raise ValueError("trainer.max_epochs must be a positive integer (or -1 with trainer.max_steps), got None")
+    optim = cfg.optim
+    if optim.get("schedule") == "step":
+        milestones = list(optim.get("milestones") or [])
+        if not milestones or any(m <= 0 for m in milestones) or milestones != sorted(milestones):
+            raise ValueError(f"optim.schedule=step needs optim.milestones, increasing positive epochs "
+                             f"(e.g. [30,60,90]), got {milestones}")
     if trainer.get("sync_batchnorm"):
         raise ValueError("trainer.sync_batchnorm=true would convert NormLab's bn layers to nn.SyncBatchNorm, which "
                          "loses the ViT token layout and ghost batches and refuses CPU tensors; use norm.sync=true")

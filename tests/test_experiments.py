@@ -36,8 +36,9 @@ def test_recipe_composes_and_every_grid_point_builds(hydra_conf, name):
     grid = sweeper_grid(cfg)
     assert [int(b) for b in grid["data.batch_size"]] == sorted(int(b) for b in grid["data.batch_size"])
     choices = [f"+zoo={z}" for z in grid["+zoo"]] if "+zoo" in grid else [f"norm={n}" for n in grid.get("norm", [cfg.norm.kind])]
+    files = ["data.root=/nonexistent", "data.num_classes=1000"] if cfg.data.name == "imagefolder" else []
     for choice in choices:
-        point = compose("config", overrides=[f"experiment={name}", choice])
+        point = compose("config", overrides=[f"experiment={name}", choice, *files])
         dm = data.build(point.data)
         models.build(point.model, point.norm, dm.in_channels, dm.num_classes, dm.image_size)  # gn groups divide
 
@@ -152,3 +153,22 @@ def test_wandb_sweep_file_composes_into_a_valid_run(hydra_conf, path):
     assert [str(v) for v in params["seed"]] == grid.get("seed", ["0"])
     dm = data.build(cfg.data)
     models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
+
+
+def test_gn_paper_imagenet_is_the_papers_protocol(hydra_conf):
+    from harness import build, schema
+
+    cfg = compose("config", overrides=["experiment=gn_paper_imagenet", "data.root=/data/imagenet"],
+                  return_hydra_config=True)
+    assert sweeper_grid(cfg) == {"norm": ["bn", "gn"], "data.batch_size": ["2", "4", "8", "16", "32"],
+                                 "seed": ["0", "1", "2"]}
+    assert (cfg.model.name, cfg.model.small_stem, cfg.model.zero_init_residual) == ("resnet50", False, True)
+    assert (cfg.data.name, cfg.data.crop_size, cfg.data.resize_size) == ("imagefolder", 224, 256)
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.max_epochs) == ("ddp", 8, 100)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    for n in (32, 16, 8, 4, 2):  # 0.1 * N / 32 for N images per GPU on 8 GPUs
+        assert build.scaled_lr(cfg.optim, 8 * n) == pytest.approx(0.1 * n / 32)
+    assert (cfg.optim.schedule, list(cfg.optim.milestones), cfg.optim.optimizer.weight_decay) == ("step", [30, 60, 90], 1e-4)
+    gn = compose("config", overrides=["experiment=gn_paper_imagenet", "data.root=/data/imagenet", "norm=gn"])
+    assert gn.norm.num_groups == 32 and gn.norm.get("sync", False) is False
+    schema.validate(gn)

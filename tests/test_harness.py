@@ -183,3 +183,10 @@ def test_imports_point_one_way(package):
 def test_no_test_imports_an_entry_point():
     for path in (REPO / "tests").glob("*.py"):
         assert not {"train", "report"} & {n.split(".")[0] for n in _imports(path)}, path.name
+
+
+def test_the_step_schedule_drops_by_gamma_at_each_milestone_after_warmup():
+    from harness.module import warmup_step_decay
+
+    factors = [warmup_step_decay(s, warmup=2, milestones=[5, 8], gamma=0.1) for s in range(10)]
+    assert factors == pytest.approx([0.5, 1, 1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])

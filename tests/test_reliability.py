@@ -100,6 +100,7 @@ BAD_VALUES = [
     (["norm=rms", "+norm.eps=0"], r"^norm.eps must be a positive number, got 0$"),
     (["model.conv=std"], r"^model.conv must be one of plain, ws, got 'std'$"),
     (["model=vit", "model.conv=ws"], r"^model.conv=ws: the ViT has no convolution followed by a norm"),
+    (["optim.schedule=step"], r"^optim.schedule=step needs optim.milestones, increasing positive epochs"),
     (["norm=frn", "+norm.eps=0"], r"^norm.eps must be a positive number, got 0$"),
     (["norm=frn", "norm.learnable_eps=maybe"], r"^norm.learnable_eps must be true or false, got 'maybe'$"),
     (["norm=evonorm_s0", "norm.num_groups=32"], r"^evonorm_s0: num_groups=32 does not divide the 16 channels of layer 'stem.1'"),

@@ -41,7 +41,7 @@ def job_status(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
         schema.validate(cfg)
         dm = data.build(cfg.data)  # reads no files
         models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # as train.py: a user's error, one line
         return "refused", f"error: {err}"
     summary = record.read_summary(run_dir)
     if summary is not None and summary.get("identity") != record.identity(cfg):
