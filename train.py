@@ -163,7 +163,8 @@ def run(cfg: DictConfig, out_dir: Path, rank_zero: bool = True) -> dict:
             if wandb_logger:  # what the logged curves do not already hold (test/acc, val/acc: their last values)
                 wandb_logger.experiment.summary.update(
                     {"train/images_per_second": summary["images_per_second"],  # the mean over epochs, as summary.json's
-                     **{k: summary[k] for k in ("best_val_acc", "num_params", *record.STATISTICS_KEYS) if k in summary}})
+                     **{k: summary[k] for k in ("best_val_acc", "num_params", "activation_mib", *record.STATISTICS_KEYS)
+                        if k in summary}})
             return summary
         except Diverged as err:
             # Not a bug: a finding. The summary says so and a sweep goes on with the next run.

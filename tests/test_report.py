@@ -322,3 +322,19 @@ def test_why_section_pairs_precise_bn_with_the_same_runs_and_draws_noise_and_dri
     assert "| bn: PreciseBN |" in md and "gn: PreciseBN" not in md
     assert (out / "batch_noise.png").is_file() and (out / "input_drift.png").is_file()
     assert 'id="batch_noise"' in (out / "index.html").read_text()
+
+
+def test_the_workspace_command_prints_its_panels_and_saving_needs_a_login(tmp_path, monkeypatch, capsys):
+    from results import workspace
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert workspace.main(["--entity", "someone", "--experiment", "quick"]) == 0
+    out = capsys.readouterr().out
+    assert "Norm vs batch size: test accuracy vs batch size" in out and "not saved" in out
+    assert workspace.main(["--entity", "someone", "--save"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: saving a workspace needs a W&B login: run `wandb login` "
+                                               "(or set WANDB_API_KEY)")
+    filters = json.dumps(workspace.spec(workspace.norm_vs_batch_workspace("someone", "normlab", "quick")))
+    assert "quick" in filters and "config:batch_size.value" in filters

@@ -103,6 +103,26 @@ def test_one_terminal_dashboard_lists_every_run_of_the_sweep(sweep):
     assert listed == set(NORMS), screen[-3000:]
 
 
+def test_the_workspace_plots_keys_the_runs_log(sweep):
+    """Every key the norm-vs-batch workspace's panels and grouping read is one a real run logs
+    (its W&B config, summary or history), so the workspace W&B would save shows data."""
+    import re
+
+    from results.workspace import norm_vs_batch_workspace, spec
+
+    sweep_dir, _ = sweep
+    text = json.dumps(spec(norm_vs_batch_workspace("someone", "normlab", "default")))
+    config_keys = set(re.findall(r'config:([^"]+?)\.value', text)) | {"norm", "batch_size", "experiment"}
+    summary_keys = set(re.findall(r'summary:([^"]+)', text))
+    history_keys = {m for panel in re.findall(r'"metrics": \[([^]]*)\]', text) for m in re.findall(r'"([^"]+)"', panel)}
+    assert {"batch_size", "normalization_batch_size"} <= config_keys and "test/acc" in summary_keys
+    summary = json.loads(next(sweep_dir.glob("gn-*/summary.json")).read_text())
+    record = wandb_inspect(Path(summary["wandb"]["dir"]))
+    assert config_keys <= set(record["config"]), config_keys - set(record["config"])
+    assert summary_keys | history_keys <= set(record["summary"]), (summary_keys | history_keys) - set(record["summary"])
+    assert record["config"]["experiment"] == "default"  # the filter's value for runs without a recipe
+
+
 def test_multirun_prints_one_result_line_per_job(sweep):
     _, proc = sweep
     lines = [line for line in proc.stdout.splitlines() if "test accuracy" in line]
