@@ -57,8 +57,13 @@ class Run:
 
 
 def config_key(resolved: dict) -> dict:
-    """The flattened identity source of a resolved config, less the seed and run name."""
+    """The flattened identity source of a resolved config, less the seed and run name. A key
+    the identity leaves out at its neutral value (record.NEUTRAL_WHEN_ABSENT) has that value
+    here, so a run from before the key existed, one that sets it to that value and one that
+    sets it otherwise are compared under the value itself (model.conv=plain against ws)."""
     flat = record.flatten(record.identity_source(OmegaConf.create(resolved)))
+    for key, neutral in record.NEUTRAL_WHEN_ABSENT.items():
+        flat.setdefault(key, tuple(neutral) if isinstance(neutral, list) else neutral)
     return {k: v for k, v in flat.items() if k not in NOT_SERIES}
 
 

@@ -87,6 +87,33 @@ def test_a_swept_config_group_is_its_own_series_named_briefly(hydra_conf, tmp_pa
     assert all(c["n"] == "2" for c in cells)  # the two seeds, and only them, are pooled
 
 
+ZOO_NORMS = ("bn", "gn", "brn", "frn", "evonorm_s0")
+
+
+def test_every_norm_and_conv_combination_is_its_own_series(hydra_conf, tmp_path):
+    """-m norm=bn,gn,brn,frn,evonorm_s0 model.conv=plain,ws: ten configurations, ten series."""
+    for i, (norm, conv) in enumerate(itertools.product(ZOO_NORMS, ("plain", "ws"))):
+        for seed in (0, 1):
+            fake_run(tmp_path, [*BASE, f"norm={norm}", f"model.conv={conv}"], seed, 20.0 + i + seed)
+    _, cells, _ = report(tmp_path)
+    assert len({c["series"] for c in cells}) == 10 and all(c["n"] == "2" for c in cells)
+    assert {(c["norm.kind"], c["model.conv"]) for c in cells} == set(itertools.product(ZOO_NORMS, ("plain", "ws")))
+
+
+@pytest.mark.slow  # ten real runs and the report, ~2 min; the grouping is tested on written runs in make test
+def test_the_zoo_sweep_with_and_without_weight_standardization_reports_ten_series(tmp_path):
+    run_train("-m", f"norm={','.join(ZOO_NORMS)}", "model.conv=plain,ws", "data=synthetic", "data.batch_size=8",
+              "data.train_size=256", "model=resnet8", "model.width=8", "trainer.max_epochs=1", "logger=csv",
+              f"hydra.sweep.dir={tmp_path}")
+    proc = subprocess.run([sys.executable, str(REPO / "report.py"), str(tmp_path), "wandb.mode=disabled"], cwd=REPO,
+                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "report" / "results.csv") as f:
+        cells = list(csv.DictReader(f))
+    assert {(c["norm.kind"], c["model.conv"]) for c in cells} == set(itertools.product(ZOO_NORMS, ("plain", "ws")))
+    assert len({c["series"] for c in cells}) == 10
+
+
 def test_seeds_of_one_configuration_pool_and_cells_report_their_interval(hydra_conf, tmp_path):
     values = {"bn": [12.0, 14.5, 13.1], "gn": [20.2, 23.9, 21.7]}
     for norm, errs in values.items():
