@@ -30,10 +30,10 @@ def wandb_config(cfg: DictConfig) -> dict:
     (train.py: "lr", "base_lr", record.BATCH_KEYS)."""
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     resolved.pop("hydra", None)
-    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in record.flatten(resolved).items()},
+    flat = record.flatten({**resolved, "code": record.code_version()})  # code.commit, code.dirty, code.torch, ...
+    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()},
             "norm": cfg.norm.kind, "model": cfg.model.name, "data": cfg.data.name, "batch_size": cfg.data.batch_size,
-            "epochs": cfg.trainer.max_epochs, "experiment": cfg.experiment_name, "identity": record.identity(cfg),
-            "code": record.code_version()}
+            "epochs": cfg.trainer.max_epochs, "experiment": cfg.experiment_name, "identity": record.identity(cfg)}
 
 
 def wandb_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger | None:

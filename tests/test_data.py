@@ -139,7 +139,7 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
 
 
 def test_unknown_data_set_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown data set 'mnist'; valid data sets: cifar10, cifar100, fashion_mnist, synthetic"):
+    with pytest.raises(ValueError, match="unknown data set 'mnist'; valid data sets: cifar10, cifar100, fashion_mnist, imagefolder, synthetic"):
         data.build({"name": "mnist"})
 
 

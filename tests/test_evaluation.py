@@ -122,6 +122,7 @@ def test_eval_reproduces_the_runs_test_accuracy_and_writes_eval_json(finished):
             assert "test_acc_precise_bn" not in out
 
 
+@pytest.mark.slow  # ~24 s: several eval.py processes
 def test_eval_refuses_a_corrupt_or_foreign_checkpoint_in_one_line(finished, tmp_path):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint")

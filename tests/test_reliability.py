@@ -76,10 +76,9 @@ BAD_VALUES = [
     (["data.noise=-0.5"], r"^data.noise must be 0 or more, got -0.5$"),
     (["checkpoint.every_n_steps=-1"], r"^checkpoint.every_n_steps must be a positive integer, got -1$"),
     (["+optim.momentum=0.0"], r"^optim.momentum: no such key; did you mean norm.momentum or optim.optimizer.momentum\?"),
-    (["+foo=1"], r"^foo: no such key \(valid keys at the top level: seed, .*checkpoint, eval, diagnostics\)$"),
-    (["+ckpt_path=/tmp/x.ckpt"], r"^ckpt_path: no such key"),
+    (["+foo=1"], r"^foo: no such key \(valid keys at the top level: seed, .*checkpoint, eval, diagnostics, tags, ckpt_path\)$"),
     (["model.width=-8"], r"^model.width must be a positive integer, got -8$"),
-    (["+model.dropout=0.1"], r"^model.dropout: no such key .*valid keys of model: name, arch, depth, width, zero_init_residual"),
+    (["+model.dropout=0.1"], r"^model.dropout: no such key .*valid keys of model: name, arch, gn_groups, depth, width, zero_init_residual"),
     (["model=vit", "+model.dropout=1.5"], r"^model.dropout must be a number from 0 up to \(not including\) 1, got 1.5$"),
     (["++trainer.accumulate_grad_batches=0"], r"^trainer.accumulate_grad_batches must be a positive integer, got 0$"),
     (["++trainer.max_epohcs=3"], r"^trainer.max_epohcs: no such key .*max_epochs"),
@@ -186,6 +185,7 @@ def test_corrupt_cifar_is_detected(tmp_path):
         dm.prepare_data()
 
 
+@pytest.mark.slow  # ~24 s; the bad values themselves are checked in make test
 def test_cli_error_is_one_readable_line(tmp_path):
     env = clean_env()
     env.pop("HYDRA_FULL_ERROR")
@@ -314,6 +314,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow  # ~17 s on a small tmpfs
 def test_a_full_disk_is_one_line_leaves_no_temporary_file_and_keeps_the_last_checkpoint(tmp_path, small_disk):
     first = tmp_path / "first"
     proc = _launch(first, "checkpoint.every_n_steps=20", "logger=csv")
@@ -386,6 +387,7 @@ def test_sigterm_saves_a_checkpoint_then_relaunch_resumes(tmp_path):
     _assert_logged_once(run_dir)
 
 
+@pytest.mark.slow  # ~24 s of real runs
 def test_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_train("-m", "norm=none", "optim.lr=1000,0.1", "data=synthetic", "trainer.max_epochs=2",
@@ -422,6 +424,7 @@ def test_two_launchers_never_train_the_same_run_twice(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Secrets
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~40 s of real runs; the scrubbing functions are tested in make test
 def test_a_planted_key_never_reaches_a_file_or_the_console(tmp_path):
     wandb_key, hf_token, literal = "0123456789abcdef" * 2 + "planted1", "hf_planted_token_4242", "literal-secret-0987"
     env = clean_env(WANDB_API_KEY=wandb_key, HF_TOKEN=hf_token, WANDB_BASE_URL="http://127.0.0.1:9")
@@ -488,6 +491,7 @@ def test_a_directory_or_checkpoint_of_another_configuration_is_refused(tmp_path)
     assert not (gn_dir / "summary.json").exists() and not (gn_dir / "metrics.csv").exists()
 
 
+@pytest.mark.slow  # ~28 s: two real runs
 def test_unreadable_summary_and_checkpoint_are_set_aside_and_the_run_goes_on(tmp_path):
     run_dir = tmp_path / "run"
     run_train(*TINY, f"hydra.run.dir={run_dir}")
@@ -509,6 +513,7 @@ def test_unreadable_summary_and_checkpoint_are_set_aside_and_the_run_goes_on(tmp
     assert third["test_acc"] == first["test_acc"]  # the same seed trained from the start: the same result
 
 
+@pytest.mark.slow  # ~35 s: three real runs
 def test_summary_records_its_code_and_a_run_of_other_code_is_said_and_retrained_on_request(tmp_path):
     from importlib import metadata
 
@@ -538,6 +543,7 @@ def test_summary_records_its_code_and_a_run_of_other_code_is_said_and_retrained_
         "error: rerun must be one of none, stale, got 'always'"
 
 
+@pytest.mark.slow  # ~20 s; tests/test_conventions.py checks each debug config in make test
 def test_debug_runs_are_recorded_as_not_results_and_left_out_of_reports(hydra_conf, tmp_path):
     assert build.debug_settings(compose("config", overrides=["++trainer.limit_train_batches=1"])) == {
         "trainer.limit_train_batches": 1}  # Lightning: an int is a number of batches
@@ -643,6 +649,7 @@ def test_a_recipe_without_multirun_says_it_trains_one_configuration_of_its_grid(
                             "without -m it trains one configuration (bn-resnet8-bs1-s0); add -m to run the sweep"), first
 
 
+@pytest.mark.slow  # ~35 s of real runs
 def test_paths_the_file_system_refuses_are_one_line(tmp_path, small_disk):
     env = clean_env(HYDRA_FULL_ERROR="0")
     read_only = small_disk(1 << 20, "ro")

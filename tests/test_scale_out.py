@@ -13,7 +13,7 @@ TINY = ["data=synthetic", "model.width=8", "trainer.max_epochs=2"]
 
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "wandb")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_sync_batchnorm_flag_points_to_norm_sync(tmp_path):
     assert "use norm.sync=true" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_a_sweep_through_a_hydra_launcher(tmp_path, launcher):
     # submitit_local starts every job of the sweep at once: one core each here
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.cpus_per_task=1"]
@@ -169,6 +169,7 @@ def test_slurm_needs_a_number_of_gpus(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Ghost batch norm through the recipe: normalization batch vs optimization batch
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~25 s: a real recipe sweep and its report
 def test_norm_batch_vs_opt_batch_records_both_batches_and_reports_them(tmp_path):
     import subprocess
     import sys
