@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +24,21 @@ def compose(overrides: list[str]) -> DictConfig:
     schema.register()  # conf/config.yaml's open_trainer node
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
+
+
+def sgd_step_ms(net, opt, x, y, device: torch.device) -> float:
+    """One training step (cross-entropy forward, backward, optimizer step) on a batch already
+    on the device, in milliseconds, the device's queued work included."""
+    import torch.nn.functional as F
+
+    sync(device)
+    t0 = time.perf_counter()
+    loss = F.cross_entropy(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sync(device)
+    return 1e3 * (time.perf_counter() - t0)
 
 
 def plain(node) -> dict:

@@ -23,11 +23,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 import data as datasets
 import models
-from bench.common import compose, describe, int_list, machine, markdown_table, plain, resolve_device, sync, write_json
+from bench.common import (compose, describe, int_list, machine, markdown_table, plain, resolve_device, sgd_step_ms, sync,
+                          write_json)
 
 
 def data_ms_per_batch(dm, device, steps: int) -> float:
@@ -50,18 +50,8 @@ def step_ms(dm, device, steps: int) -> float:
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     x, y = next(iter(dm.train_dataloader()))
     x, y = dm.preprocess((x.to(device), y.to(device)), train=True)
-    times = []
-    for i in range(steps + 5):
-        sync(device)
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
-        if i >= 5:
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    times = [sgd_step_ms(net, opt, x, y, device) for _ in range(steps + 5)]
+    return statistics.median(times[5:])
 
 
 def main() -> None:

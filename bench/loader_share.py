@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import data as datasets
 import models
-from bench.common import describe, int_list, machine, markdown_table, resolve_device, sync, write_json
+from bench.common import describe, int_list, machine, markdown_table, resolve_device, sgd_step_ms, sync, write_json
 
 
 def write_tree(root: Path, classes: int, per_class: int) -> Path:
@@ -56,15 +56,11 @@ def measure(dm, net, opt, device, steps: int) -> tuple[float, float]:
         x, y = next(loader)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         sync(device)
-        t1 = time.perf_counter()
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
+        wait = 1e3 * (time.perf_counter() - t0)
+        step = sgd_step_ms(net, opt, x, y, device)
         if i >= 2:
-            waits.append(1e3 * (t1 - t0))
-            computes.append(1e3 * (time.perf_counter() - t1))
+            waits.append(wait)
+            computes.append(step)
     return statistics.median(waits), statistics.median(computes)
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .batch import _BatchStatistics, _check_train_batch, _distributed_world, batch_moments
-from .layers import ChannelAffine, _gn, at_least_fp32, group_sites
+from .layers import ChannelAffine, at_least_fp32, group_sites, grouped
 from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Norm, register
 
 _NO_TOKENS = ("the EvoNorms are defined for CNN feature maps, and a ViT applies no activation right after a norm, "
@@ -89,7 +89,7 @@ class EvoNormB0(_BatchStatistics, nn.BatchNorm2d):
 
 register(Norm(
     kind="evonorm_s0",
-    layers={"nchw": _gn(EvoNormS0)},
+    layers={"nchw": grouped(EvoNormS0, "evonorm_s0")},
     options={"eps": 1e-5, "num_groups": 32},  # the paper's 32 groups
     classes=(EvoNormS0,),
     notation={"num_groups": lambda g: f"G={g}"},

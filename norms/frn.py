@@ -29,14 +29,12 @@ class _FilterResponseNorm(ChannelAffine):
 
     def forward(self, x):
         c = self.channel_dim % x.dim()
-        shape = [1] * x.dim()
-        shape[c] = -1
         dtype, x = x.dtype, at_least_fp32(x)
         nu2 = x.pow(2).mean([d for d in range(1, x.dim()) if d != c], keepdim=True)
-        eps = self.eps + self.eps_l.abs().view(shape) if self.eps_l is not None else self.eps
-        y = x * torch.rsqrt(nu2 + eps) * self.weight.view(shape) + self.bias.view(shape)
+        eps = self.eps + self.along_channels(self.eps_l.abs(), x, c) if self.eps_l is not None else self.eps
+        y = x * torch.rsqrt(nu2 + eps) * self.along_channels(self.weight, x, c) + self.along_channels(self.bias, x, c)
         if self.apply_act:
-            y = torch.maximum(y, self.tau.view(shape))
+            y = torch.maximum(y, self.along_channels(self.tau, x, c))
         return y.to(dtype)
 
     def extra_repr(self):

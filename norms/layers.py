@@ -28,6 +28,12 @@ class ChannelAffine(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
 
+    def along_channels(self, t: torch.Tensor, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """A per-channel (C,) tensor viewed to broadcast against x along its `channel_dim`."""
+        shape = [1] * x.dim()
+        shape[channel_dim] = -1
+        return t.view(shape)
+
     def extra_repr(self):
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
 
@@ -114,11 +120,13 @@ def _valid_groups(groups) -> bool:
     return isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1
 
 
-def _gn(cls):
+def grouped(cls, kind: str = "gn"):
+    """The builder of a norm with `num_groups` (gn, evonorm_s0): refuses a count that does not
+    divide the channels, naming the counts that would."""
     def build(num_channels, num_groups, **options):
         if not _valid_groups(num_groups) or num_channels % num_groups:
             divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
-            raise ValueError(f"gn: num_channels={num_channels} is not divisible by num_groups={num_groups!r}; "
+            raise ValueError(f"{kind}: num_channels={num_channels} is not divisible by num_groups={num_groups!r}; "
                              f"valid num_groups for {num_channels} channels: {divisors}")
         return cls(num_groups, num_channels, **options)
     return build
@@ -143,7 +151,7 @@ def group_sites(kind: str):
 
 register(Norm(
     kind="gn",
-    layers={"nchw": _gn(nn.GroupNorm), "nlc": _gn(TokenGroupNorm)},
+    layers={"nchw": grouped(nn.GroupNorm), "nlc": grouped(TokenGroupNorm)},
     options={"eps": 1e-5, "affine": True, "num_groups": 32},  # 32: the GN paper's
     classes=(nn.GroupNorm, TokenGroupNorm),
     notation={"num_groups": lambda g: f"G={g}"},

@@ -11,11 +11,10 @@ class _RMS(ChannelAffine):
     channel_dim = -1
 
     def forward(self, x):
-        shape = [1] * x.dim()
-        shape[self.channel_dim] = -1
         y = x * torch.rsqrt(x.pow(2).mean(self.channel_dim, keepdim=True) + self.eps)
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+            c = self.channel_dim
+            y = y * self.along_channels(self.weight, x, c) + self.along_channels(self.bias, x, c)
         return y
 
 

@@ -277,9 +277,12 @@ def test_frn_with_tlu_at_zero_tau_is_the_plain_norm_and_relu_in_a_backbone():
     for module in reference.modules():
         if norms.kind_of(module) == "frn" and module.apply_act:
             module.apply_act = False
-        for name, child in module.named_children():
-            if isinstance(child, nn.Identity):  # the activation the frn site replaced
-                setattr(module, name, nn.ReLU())
+    # the activations the frn sites replaced, by name: the stem's and each block's first
+    assert isinstance(reference.stem[2], nn.Identity)
+    reference.stem[2] = nn.ReLU()
+    for block in reference.blocks:
+        assert isinstance(block.act1, nn.Identity)
+        block.act1 = nn.ReLU()
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(net(x), reference(x))
 
