@@ -1,36 +1,33 @@
-"""bn: batch normalization over (N, H, W) per channel (tokens: over (N, L)), with running
-statistics for evaluation; plus ghost (virtual) batches and synchronized statistics.
+"""Norms with batch statistics: the shared base, and bn.
 
-What bn normalizes over in training can differ from PyTorch's per-process batch:
+`BatchStatistics` is what every norm that normalizes over the samples of a batch shares (bn,
+brn, evonorm_b0): per-channel moments over (N, *) of a channels-first input (N, C, *), the
+running averages evaluation uses (updated in one place), the batch-of-one check, and two ways
+the normalization batch can differ from PyTorch's per-process batch:
 - ghost batch norm (Hoffer et al. 2017, `virtual_batch_size`): the batch is split into groups
   of that many samples, each normalized with its own statistics (and each updating the running
   statistics, in order);
-- synchronized batch norm (`sync=True`): the statistics of the batches of all processes
-  together, by `_all_reduce_batch_norm`, on every device and backend. Not nn.SyncBatchNorm: it
-  refuses CPU tensors, and its convert_sync_batchnorm (Lightning's sync_batchnorm) would turn
-  TokenBatchNorm into a plain SyncBatchNorm that loses the (N, L, C) transpose and the virtual
-  batches. Without a process group of more than one process it is plain bn.
-Evaluation uses the running statistics as usual.
+- synchronized statistics (`sync=True`): over the batches of all processes together
+  (`batch_moments`), on every device and backend. Not nn.SyncBatchNorm: it refuses CPU tensors,
+  and its convert_sync_batchnorm (Lightning's sync_batchnorm) would turn a token bn into a plain
+  SyncBatchNorm that loses the (N, L, C) transpose and the virtual batches. Without a process
+  group of more than one process it is plain statistics.
+A subclass says what it does with the statistics: `train_forward(x)` and `eval_forward(x)`.
+
+bn: y = (x - mean) / sqrt(var + eps) * gamma + beta over (N, H, W) per channel (tokens: over
+(N, L)), through torch's F.batch_norm, with the running statistics in evaluation.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Norm, kind_of, register
+from .tokens import TokenLayout
 
 
-def _check_train_batch(module: nn.Module, values_per_channel: int, shape) -> None:
-    # PyTorch's own error ("Expected more than 1 value per channel") does not say what to do.
-    if module.training and values_per_channel <= 1:
-        raise ValueError(
-            f"{kind_of(module) or 'bn'} cannot train on a single value per channel (input shape {tuple(shape)}): "
-            "batch statistics are undefined. Use a batch size of at least 2, or a "
-            "batch-independent norm (ln, in, gn)."
-        )
-
-
-def _distributed_world() -> int:
+def distributed_world() -> int:
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -60,86 +57,114 @@ def batch_moments(x: torch.Tensor, synced: bool) -> tuple[torch.Tensor, torch.Te
     return mean, var, float(count.detach())
 
 
-def _all_reduce_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """Batch norm of x (N, C, *) with statistics over the union of every process's batch
-    (`batch_moments`)."""
-    dtype, x = x.dtype, x.float()  # statistics in float32 under bf16/fp16 autocast too
-    mean, var, count = batch_moments(x, synced=True)
-    shape = (1, x.shape[1], *[1] * (x.dim() - 2))
-    if bn.track_running_stats:
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            bn.running_mean.lerp_(mean.detach(), factor)
-            bn.running_var.lerp_(var.detach() * (count / max(count - 1, 1)), factor)
-    y = (x - mean.view(shape)) * torch.rsqrt(var + bn.eps).view(shape)
-    if bn.affine:
-        y = y * bn.weight.view(shape) + bn.bias.view(shape)
-    return y.to(dtype)
+def per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (C,) tensor viewed to broadcast over x (N, C, *)."""
+    return t.view(1, -1, *[1] * (x.dim() - 2))
 
 
-class _BatchStatistics:
-    """Ghost batches and synchronized statistics, mixed into PyTorch's batch norms."""
+class BatchStatistics(nn.BatchNorm2d):
+    """The base of a norm with batch statistics. Takes (N, C, *) of any rank (nn.BatchNorm2d's
+    parameters and buffers, under their names, so torch's tools and checkpoints know them)."""
 
-    def _init_statistics(self, virtual_batch_size, sync):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, virtual_batch_size: int | None = None, sync: bool = False):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats)
         if virtual_batch_size is not None and (isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int)
                                                or virtual_batch_size < 1):
-            raise ValueError(f"bn virtual_batch_size must be a positive integer or None, got {virtual_batch_size!r}")
+            raise ValueError(f"{self.kind} virtual_batch_size must be a positive integer or None, got {virtual_batch_size!r}")
         if not isinstance(sync, bool):
-            raise ValueError(f"bn sync must be true or false, got {sync!r}")
+            raise ValueError(f"{self.kind} sync must be true or false, got {sync!r}")
         if sync and virtual_batch_size is not None:
-            raise ValueError("bn: sync=True and virtual_batch_size cannot be combined: synchronized statistics span "
-                             "every process's whole batch, ghost statistics a part of one process's batch")
+            raise ValueError(f"{self.kind}: sync=True and virtual_batch_size cannot be combined: synchronized statistics "
+                             "span every process's whole batch, ghost statistics a part of one process's batch")
         self.virtual_batch_size, self.sync = virtual_batch_size, sync
 
-    def _normalize(self, x):
-        """x is (N, C, *), the layout PyTorch's batch norms take."""
-        if self.sync and self.training and _distributed_world() > 1:
-            return _all_reduce_batch_norm(self, x)
-        return nn.modules.batchnorm._BatchNorm.forward(self, x)
+    @property
+    def kind(self) -> str:
+        return kind_of(self) or "bn"
 
-    def _ghost(self, x, forward):
+    @property
+    def synced(self) -> bool:
+        """Statistics over every process's batch right now (sync=True in a group of several)."""
+        return self.sync and self.training and distributed_world() > 1
+
+    def forward(self, x):
+        if not self.training:
+            return self.eval_forward(x)
         k = self.virtual_batch_size
-        if not self.training or k is None or k >= x.shape[0]:
-            return forward(x)
+        if k is None or k >= x.shape[0]:
+            return self._train_batch(x)
         if x.shape[0] % k:
-            raise ValueError(f"bn: a batch of {x.shape[0]} samples cannot be split into virtual batches of "
+            raise ValueError(f"{self.kind}: a batch of {x.shape[0]} samples cannot be split into virtual batches of "
                              f"virtual_batch_size={k}; use a batch size that is a multiple of it")
-        return torch.cat([forward(chunk) for chunk in x.split(k)], 0)
+        return torch.cat([self._train_batch(chunk) for chunk in x.split(k)], 0)
+
+    def _train_batch(self, x):
+        if x.numel() // x.shape[1] <= 1:  # PyTorch's own error does not say what to do
+            raise ValueError(
+                f"{self.kind} cannot train on a single value per channel (input shape {self.given_shape(x.shape)}): batch "
+                "statistics are undefined. Use a batch size of at least 2, or a batch-independent norm (ln, in, gn).")
+        return self.train_forward(x)
+
+    @staticmethod
+    def given_shape(shape) -> tuple:
+        """An input's shape as its caller gave it (norms.tokens.TokenLayout: as tokens)."""
+        return tuple(shape)
+
+    def train_forward(self, x):
+        raise NotImplementedError
+
+    def eval_forward(self, x):
+        raise NotImplementedError
+
+    def update_factor(self) -> float:
+        """Count a training batch; the weight of its statistics in the running averages: the
+        momentum, or 1/batches seen (momentum=None, PyTorch's cumulative average)."""
+        self.num_batches_tracked.add_(1)
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+
+    @torch.no_grad()
+    def update_running(self, mean: torch.Tensor, var: torch.Tensor, count: float) -> None:
+        """The running averages, with the variance unbiased over `count` values, as PyTorch's."""
+        if not self.track_running_stats:
+            return
+        factor = self.update_factor()
+        self.running_mean.lerp_(mean.detach(), factor)
+        self.running_var.lerp_(var.detach() * (count / max(count - 1, 1)), factor)
+
+    def affine_(self, y: torch.Tensor) -> torch.Tensor:
+        return y * per_channel(self.weight, y) + per_channel(self.bias, y) if self.affine else y
 
     def extra_repr(self):
         return (super().extra_repr() + (f", virtual_batch_size={self.virtual_batch_size}" if self.virtual_batch_size else "")
                 + (", sync=True" if self.sync else ""))
 
 
-class BatchNorm2d(_BatchStatistics, nn.BatchNorm2d):
-    """bn over (N, H, W) per channel, with a clear error for one value per channel."""
+class BatchNorm(BatchStatistics):
+    """bn over every axis of (N, C, *) but C, per channel."""
 
-    def __init__(self, num_features, virtual_batch_size=None, sync=False, **options):
-        super().__init__(num_features, **options)
-        self._init_statistics(virtual_batch_size, sync)
+    def train_forward(self, x):
+        if self.synced:  # statistics in float32 under bf16/fp16 autocast too
+            dtype, x = x.dtype, x.float()
+            mean, var, count = batch_moments(x, synced=True)
+            self.update_running(mean, var, count)
+            y = (x - per_channel(mean, x)) * per_channel(torch.rsqrt(var + self.eps), x)
+            return self.affine_(y).to(dtype)
+        factor = self.update_factor() if self.track_running_stats else 0.0
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, factor, self.eps)
 
-    def _forward(self, x):
-        _check_train_batch(self, x.shape[0] * x.shape[2] * x.shape[3], x.shape)
-        return self._normalize(x)
-
-    def forward(self, x):
-        return self._ghost(x, self._forward)
+    def eval_forward(self, x):
+        training = self.running_mean is None  # no running statistics: batch statistics in evaluation too
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training, 0.0, self.eps)
 
 
-class TokenBatchNorm(_BatchStatistics, nn.BatchNorm1d):
+class BatchNorm2d(BatchNorm):
+    """bn over (N, H, W) per channel of CNN maps."""
+
+
+class TokenBatchNorm(TokenLayout, BatchNorm):
     """bn over (N, L) per channel for (N, L, C) tokens."""
-
-    def __init__(self, num_features, virtual_batch_size=None, sync=False, **options):
-        super().__init__(num_features, **options)
-        self._init_statistics(virtual_batch_size, sync)
-
-    def _forward(self, x):
-        _check_train_batch(self, x.shape[0] * x.shape[1], x.shape)
-        return self._normalize(x.transpose(1, 2)).transpose(1, 2)
-
-    def forward(self, x):
-        return self._ghost(x, self._forward)
 
 
 register(Norm(

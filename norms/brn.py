@@ -17,73 +17,64 @@ statistics (`sync`) work as for bn.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .batch import _BatchStatistics, _check_train_batch, _distributed_world, batch_moments
+from .batch import BatchStatistics, batch_moments, per_channel
 from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Check, Norm, register
+from .tokens import TokenLayout
 
 
-class _Renorm(_BatchStatistics):
-    def __init__(self, num_features, r_max=3.0, d_max=5.0, warmup_steps=0, virtual_batch_size=None, sync=False,
-                 **options):
-        super().__init__(num_features, **options)  # PyTorch's batch norm of the subclass
-        self._init_statistics(virtual_batch_size, sync)
+class BatchRenorm(BatchStatistics):
+    """brn over every axis of (N, C, *) but C, per channel."""
+
+    def __init__(self, num_features, r_max=3.0, d_max=5.0, warmup_steps=0, **options):
+        super().__init__(num_features, **options)
         self.r_max_final, self.d_max_final, self.warmup_steps = float(r_max), float(d_max), int(warmup_steps)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
-    def limits(self) -> tuple[float, float]:
-        """(r_max, d_max) at the current training step."""
-        w, t = self.warmup_steps, int(self.steps)
+    def limits(self) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """(r_max, d_max) at the current training step: numbers, or tensors during the warm-up
+        schedule (computed from the step buffer without leaving the device, so a pack of runs
+        can compute them together)."""
+        w = self.warmup_steps
         if w <= 0:
             return self.r_max_final, self.d_max_final
-        if t < w:
-            return 1.0, 0.0
-        r = 1.0 + (self.r_max_final - 1.0) * min(1.0, (t - w) / (7 * w))
-        d = self.d_max_final * min(1.0, (t - w) / (4 * w))
+        t = self.steps.float()
+        relaxed = (t - w).clamp_min(0)
+        r = torch.where(t < w, 1.0, 1.0 + (self.r_max_final - 1.0) * (relaxed / (7 * w)).clamp(max=1.0))
+        d = torch.where(t < w, 0.0, self.d_max_final * (relaxed / (4 * w)).clamp(max=1.0))
         return r, d
-
-    def _normalize(self, x):
-        """x is (N, C, *)."""
-        if not self.training:
-            return nn.modules.batchnorm._BatchNorm.forward(self, x)
-        mean, var, count = batch_moments(x, self.sync and _distributed_world() > 1)
-        shape = (1, -1, *[1] * (x.dim() - 2))
-        sigma_b = (var + self.eps).sqrt()
-        with torch.no_grad():
-            sigma = (self.running_var + self.eps).sqrt()
-            r_max, d_max = self.limits()
-            r = (sigma_b / sigma).clamp(1 / r_max, r_max)
-            d = ((mean - self.running_mean) / sigma).clamp(-d_max, d_max)
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            self.running_mean.lerp_(mean, factor)
-            self.running_var.lerp_(var * (count / max(count - 1, 1)), factor)
-        y = (x - mean.view(shape)) / sigma_b.view(shape) * r.view(shape) + d.view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
 
     def forward(self, x):
         if self.training:
             self.steps.add_(1)
-        return self._ghost(x, self._forward)
+        return super().forward(x)
+
+    def train_forward(self, x):
+        mean, var, count = batch_moments(x, self.synced)
+        sigma_b = (var + self.eps).sqrt()
+        with torch.no_grad():
+            sigma = (self.running_var + self.eps).sqrt()
+            r_max, d_max = self.limits()
+            r = torch.clamp(sigma_b / sigma, 1 / r_max, r_max)
+            d = torch.clamp((mean - self.running_mean) / sigma, -d_max, d_max)
+        self.update_running(mean, var, count)
+        y = (x - per_channel(mean, x)) / per_channel(sigma_b, x) * per_channel(r, x) + per_channel(d, x)
+        return self.affine_(y)
+
+    def eval_forward(self, x):
+        return torch.nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                              self.eps)
 
     def extra_repr(self):
         return super().extra_repr() + f", r_max={self.r_max_final}, d_max={self.d_max_final}, warmup_steps={self.warmup_steps}"
 
 
-class BatchRenorm2d(_Renorm, nn.BatchNorm2d):
-    def _forward(self, x):
-        _check_train_batch(self, x.shape[0] * x.shape[2] * x.shape[3], x.shape)
-        return self._normalize(x)
+class BatchRenorm2d(BatchRenorm):
+    """brn over (N, H, W) per channel of CNN maps."""
 
 
-class TokenBatchRenorm(_Renorm, nn.BatchNorm1d):
+class TokenBatchRenorm(TokenLayout, BatchRenorm):
     """brn over (N, L) per channel for (N, L, C) tokens."""
-
-    def _forward(self, x):
-        _check_train_batch(self, x.shape[0] * x.shape[1], x.shape)
-        return self._normalize(x.transpose(1, 2)).transpose(1, 2)
 
 
 register(Norm(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .batch import _BatchStatistics, _check_train_batch, _distributed_world, batch_moments
+from .batch import BatchStatistics, batch_moments
 from .layers import ChannelAffine, at_least_fp32, group_sites, grouped
 from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Norm, register
 
@@ -52,36 +52,34 @@ class EvoNormS0(ChannelAffine):
         return f"{self.num_groups}, {super().extra_repr()}, act={self.apply_act}"
 
 
-class EvoNormB0(_BatchStatistics, nn.BatchNorm2d):
+class EvoNormB0(BatchStatistics):
     def __init__(self, num_features, eps, momentum, virtual_batch_size, sync, apply_act: bool):
         # running statistics only where the batch variance is used (a site with an activation)
-        super().__init__(num_features, eps=eps, momentum=momentum, affine=True, track_running_stats=apply_act)
-        self._init_statistics(virtual_batch_size, sync)
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=True, track_running_stats=apply_act,
+                         virtual_batch_size=virtual_batch_size, sync=sync)
         self.apply_act = apply_act
         self.v = nn.Parameter(torch.ones(num_features)) if apply_act else None
 
-    def _forward(self, x):
+    def forward(self, x):
         if not self.apply_act:
             return x * _view(self.weight) + _view(self.bias)
+        return super().forward(x)
+
+    def train_forward(self, x):
         dtype, x = x.dtype, at_least_fp32(x)
-        if self.training:
-            _check_train_batch(self, x.shape[0] * x.shape[2] * x.shape[3], x.shape)
-            mean, var, count = batch_moments(x, self.sync and _distributed_world() > 1)
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.lerp_(mean, factor)  # unused by the output; kept as bn keeps it (PreciseBN)
-                self.running_var.lerp_(var * (count / max(count - 1, 1)), factor)
-        else:
-            var = self.running_var
+        mean, var, count = batch_moments(x, self.synced)
+        self.update_running(mean, var, count)  # running_mean is unused by the output; kept as bn keeps it (PreciseBN)
+        return self._normalize(x, var).to(dtype)
+
+    def eval_forward(self, x):
+        dtype, x = x.dtype, at_least_fp32(x)
+        return self._normalize(x, self.running_var).to(dtype)
+
+    def _normalize(self, x, var):
         left = _view((var + self.eps).sqrt())
         instance = x.var((2, 3), correction=0, keepdim=True)
         right = _view(self.v) * x + (instance + self.eps).sqrt()
-        y = x / torch.maximum(left, right)
-        return (y * _view(self.weight) + _view(self.bias)).to(dtype)
-
-    def forward(self, x):
-        return self._ghost(x, self._forward)
+        return x / torch.maximum(left, right) * _view(self.weight) + _view(self.bias)
 
     def extra_repr(self):
         return super().extra_repr() + f", act={self.apply_act}"

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import POSITIVE, Check, POSITIVE_INT, UNIT_INTERVAL, Norm, register
+from .registry import POSITIVE, POSITIVE_INT, UNIT_INTERVAL, Check, Norm, register
+from .tokens import TokenLayout
 
 LN_SCOPES = ("token", "sample")
 
@@ -93,11 +94,8 @@ register(Norm(
 ))
 
 
-class TokenInstanceNorm(nn.InstanceNorm1d):
+class TokenInstanceNorm(TokenLayout, nn.InstanceNorm1d):
     """in over L per sample and channel for (N, L, C) tokens."""
-
-    def forward(self, x):
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
 register(Norm(
@@ -109,11 +107,8 @@ register(Norm(
 ))
 
 
-class TokenGroupNorm(nn.GroupNorm):
+class TokenGroupNorm(TokenLayout, nn.GroupNorm):
     """gn over (C/G channels, L) per sample for (N, L, C) tokens."""
-
-    def forward(self, x):
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
 def _valid_groups(groups) -> bool:

@@ -1,6 +1,8 @@
-"""Each norm against a reference computed by explicit mean/variance over the axes of NORMS.md."""
+"""Each norm against a reference computed by explicit mean/variance over the axes its docstring and
+the README ("What each norm normalizes") declare."""
 import pytest
 import torch
+from torch import nn
 
 import norms
 
@@ -11,7 +13,7 @@ N, C, H, W, L, G = 4, 6, 5, 3, 7, 3
 
 
 def reference(x, kind, layout, scope="token", groups=G, eps=1e-5):
-    """Normalize x over the axes NORMS.md declares (biased variance), no affine."""
+    """Normalize x over the axes the norm declares (biased variance), no affine."""
     if kind == "gn":
         if layout == "nchw":
             xg = x.reshape(x.shape[0], groups, -1, *x.shape[2:])
@@ -202,3 +204,29 @@ def test_ghost_bn_rejects_a_batch_it_cannot_split():
         norms.build("bn", C, virtual_batch_size=3)(make_input("nchw"))
     with pytest.raises(ValueError, match=r"virtual_batch_size must be a positive integer or None, got 0"):
         norms.build("bn", C, virtual_batch_size=0)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nlc"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_bn_is_torchs_batch_norm_to_the_bit(layout, momentum):
+    """NormLab's bn (norms.batch.BatchStatistics over F.batch_norm) against torch's own
+    BatchNorm2d / BatchNorm1d: outputs, gradients and running statistics identical, bit for bit,
+    in training (three steps) and in evaluation. Numbers a refactor must not move."""
+    ours = norms.build("bn", C, layout, momentum=momentum)
+    theirs = (nn.BatchNorm2d if layout == "nchw" else nn.BatchNorm1d)(C, momentum=momentum)
+    g = torch.Generator().manual_seed(0)
+    shape = (4, C, 5, 3) if layout == "nchw" else (4, 7, C)
+    to_theirs = (lambda t: t) if layout == "nchw" else (lambda t: t.transpose(1, 2))
+    for _ in range(3):
+        x = (torch.randn(shape, generator=g) * 2 + 1).requires_grad_(True)
+        x2 = x.detach().clone().requires_grad_(True)
+        y, y2 = ours(x), to_theirs(theirs(to_theirs(x2)))
+        assert torch.equal(y, y2)
+        (y * y.detach()).sum().backward()
+        (y2 * y2.detach()).sum().backward()
+        assert torch.equal(x.grad, x2.grad) and torch.equal(ours.weight.grad, theirs.weight.grad)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    ours.eval(), theirs.eval()
+    x = torch.randn(shape, generator=g)
+    assert torch.equal(ours(x), to_theirs(theirs(to_theirs(x))))
