@@ -5,18 +5,18 @@ batch normalized by its own statistics (norms with batch statistics only).
     python eval.py runs/quick/bn-resnet8-bs2-s0-1a2b3c4d
     python eval.py <run dir> split=val precise_bn_batches=500 checkpoint=/elsewhere/last.ckpt
 
-Writes eval.json beside the run's summary.json and prints one line. harness/evaluation.py
-does the work; the options are harness/schema.py's EvalConfig.
+Writes eval.json beside the run's summary.json and prints one line. harness/eval_run.py
+does the work; the options are harness/schema/types.py's EvalConfig.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from harness import evaluation, launch, schema
+from harness import eval_run, launch, schema
+from record.cli import one_line_errors
 
 launch.prepare_process()
 schema.register()
@@ -37,15 +37,9 @@ def _line(out: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors():
         schema.check_ranges(cfg)
-        out = evaluation.evaluate_run(cfg)
-    except (ValueError, OSError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    print(_line(out), flush=True)
+        print(_line(eval_run.evaluate_run(cfg)), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ carries its 95% confidence interval. results/ does the work (results/__init__.py
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from record.cli import one_line_errors
 from results import make_report
 from results.config import register
 
@@ -27,13 +27,8 @@ LIST_OPTIONS = ("rows", "cols", "facet", "select")  # comma-separated keys
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="report")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors():
         make_report(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
 
 
 def _cli(argv: list[str]) -> list[str]:

@@ -70,9 +70,10 @@ class ImageFolderDataModule(ImageDataModule):
     mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(self, root: str, crop_size: int = 224, resize_size: int = 256, num_classes: int | None = None,
-                 **kwargs):
-        kwargs.setdefault("pipeline", "dataloader")
-        super().__init__(**kwargs)
+                 pipeline: str = "dataloader", num_workers: int = 8, val_size: int = 10000, **kwargs):
+        # per-sample decoding in worker processes (the only pipeline for files on disk); 10,000
+        # validation images held out of train/ (ImageNet has 1.28M)
+        super().__init__(pipeline=pipeline, num_workers=num_workers, val_size=val_size, **kwargs)
         if self.pipeline != "dataloader":
             raise ValueError(f"data=imagefolder decodes images in worker processes: data.pipeline must be "
                              f"dataloader, got {self.pipeline!r}")

@@ -19,9 +19,8 @@ class SyntheticDataModule(ImageDataModule):
 
     def __init__(self, num_classes: int = 4, image_size: int = 16, in_channels: int = 3,
                  train_size: int = 1024, test_size: int = 256, noise: float = 0.3,
-                 data_seed: int = 0, **kwargs):
-        kwargs.setdefault("val_size", 256)
-        super().__init__(**kwargs)
+                 data_seed: int = 0, val_size: int = 256, **kwargs):
+        super().__init__(val_size=val_size, **kwargs)
         self.num_classes, self.image_size, self.in_channels = num_classes, image_size, in_channels
         self.mean, self.std = self.mean * in_channels, self.std * in_channels
         self.train_size, self.test_size, self.noise, self.data_seed = train_size, test_size, noise, data_seed

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import data as datasets
 import models
+import norms
 
 LR_SCALINGS = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
 
@@ -78,6 +79,20 @@ def resolve_precision(precision):
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+def describe_setup(record, cfg: DictConfig, trainer: pl.Trainer) -> None:
+    """What the record says of the run's setup once its Trainer exists: the learning rate,
+    which follows the optimisation batch (per device x devices x accumulation), the three batch
+    sizes (README "Three batch sizes"), and what it runs on."""
+    what = record.what
+    what.optimization_batch_size = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    what.lr, what.base_lr = scaled_lr(cfg.optim, what.optimization_batch_size), cfg.optim.lr
+    what.per_device_batch_size, what.world_size = cfg.data.batch_size, trainer.world_size
+    what.normalization_batch_size = norms.normalization_batch(cfg.norm, cfg.data.batch_size, trainer.world_size)
+    what.torch_threads = torch.get_num_threads()
+    what.accelerator = trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower()
+    what.precision = str(trainer.precision)
 
 
 def trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list, **fixed) -> pl.Trainer:

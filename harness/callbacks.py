@@ -1,50 +1,31 @@
 """Lightning callbacks of every run: the epoch line and throughput, checkpoints, signals."""
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from .module import Diverged
 
 
 class EpochReport(pl.Callback):
-    """Measures training images/s per epoch (validation excluded), closes the epoch's training
-    metrics and prints one line per epoch."""
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.t0, self.t1, self.images = time.perf_counter(), None, 0
-
-    on_fit_start = on_train_epoch_start  # a run resumed mid-epoch starts counting here
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.images += len(batch[1])
-        if batch_idx + 1 == trainer.num_training_batches:
-            if pl_module.device.type == "cuda":
-                torch.cuda.synchronize()
-            self.t1 = time.perf_counter()
+    """One line per epoch from the module's history row (its training metrics, validation and
+    throughput; absent values print as nan)."""
 
     def on_train_epoch_end(self, trainer, pl_module):
-        # every process trains on as many images as this one
-        ips = self.images * trainer.world_size / max((self.t1 or time.perf_counter()) - self.t0, 1e-9)
-        train = pl_module.finish_train_epoch(ips)
-        if not math.isfinite(train["train/loss_epoch"]):
-            raise Diverged(f"mean training loss of epoch {trainer.current_epoch + 1} is {train['train/loss_epoch']}")
         row = pl_module.epoch_row()
         if trainer.is_global_zero:
+            nan = float("nan")
             print(
                 f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: "
-                f"train loss {row['train/loss']:.4f} acc {row['train/acc']:.2%} | "
-                f"val loss {row.get('val/loss', float('nan')):.4f} acc {row.get('val/acc', float('nan')):.2%} | "
-                f"{ips:.0f} img/s",
+                f"train loss {row.get('train/loss', nan):.4f} acc {row.get('train/acc', nan):.2%} | "
+                f"val loss {row.get('val/loss', nan):.4f} acc {row.get('val/acc', nan):.2%} | "
+                f"{row.get('images_per_second', nan):.0f} img/s",
                 flush=True,
             )
 

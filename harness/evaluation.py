@@ -117,67 +117,22 @@ def evaluate(net: nn.Module, dm, batch_size: int, precise_bn_batches: int, preci
     return out
 
 
-# ---------------------------------------------------------------------------------------
-# A finished run's checkpoint, evaluated again (eval.py)
-# ---------------------------------------------------------------------------------------
-def run_config(run_dir: Path):
-    """The config a run trained with: its .hydra/config.yaml, else its summary's config."""
-    from omegaconf import OmegaConf
+def record_statistics(results, cfg, net: nn.Module, dm, world_size: int, run_dir: Path) -> None:
+    """Into a run's results (record.run.Results): PreciseBN and batch-statistics accuracies for
+    a network with batch statistics; the recalibrated statistics go beside the checkpoint,
+    which keeps its own."""
+    if world_size > 1:
+        print("note: PreciseBN and batch-statistics evaluation run on one process only; "
+              "python eval.py <run dir> computes them for this run", flush=True)
+        return
+    from .resume import save_atomic
 
-    from . import record
-
-    hydra_cfg = run_dir / ".hydra" / "config.yaml"
-    if hydra_cfg.is_file():
-        return OmegaConf.load(hydra_cfg)
-    summary = record.read_summary(run_dir)
-    if summary and isinstance(summary.get("config"), dict):
-        return OmegaConf.create(summary["config"])
-    raise FileNotFoundError(f"{run_dir} is not a run directory: no .hydra/config.yaml or summary.json with a config")
-
-
-def evaluate_run(opts) -> dict:
-    """Evaluate a run directory's checkpoint (eval.py's options, harness.schema.EvalConfig) and
-    write eval.json beside its summary. Raises ValueError / FileNotFoundError with one line."""
-    import pytorch_lightning as pl
-    from omegaconf import open_dict
-
-    from . import build, record
-
-    run_dir = Path(opts.run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run directory")
-    cfg = run_config(run_dir)
-    if opts.data_root is not None:
-        with open_dict(cfg):
-            cfg.data.root = opts.data_root
-    ckpt = Path(opts.checkpoint) if opts.checkpoint else run_dir / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt}: no checkpoint (checkpoint=<path> names another)")
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
-    except Exception as err:  # noqa: BLE001 - truncated, empty, or not a Lightning checkpoint
-        raise ValueError(f"{ckpt} is not a readable checkpoint ({type(err).__name__})") from None
-    record.check_checkpoint(state, cfg, ckpt)  # another configuration's checkpoint: one line
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # PreciseBN's batches: the run's first epoch order
-    dm, net = build.data_and_net(cfg)
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as err:
-        raise ValueError(f"{ckpt} does not fit the network of {run_dir}'s config: {str(err).splitlines()[0]}") from None
-    device = torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")
-    net.to(device)
-    loader = dm.eval_loader(opts.split, dm.eval_batch_size)
-    out = {"run_dir": str(run_dir), "checkpoint": str(ckpt), "identity": record.identity(cfg), "split": opts.split,
-           "global_step": state.get("global_step"), f"{opts.split}_acc": accuracy(net, on_device(loader, dm.preprocess,
-                                                                                                False, device))}
-    extra = evaluate(net, dm, cfg.data.batch_size, opts.precise_bn_batches, precise_splits=(opts.split,),
-                     batch_stat_splits=(opts.split,))
-    extra.pop("_net", None)
-    out.update(extra)
-    summary = record.read_summary(run_dir) or {}
-    recorded = summary.get(f"{opts.split}_acc") if opts.split == "test" else summary.get("final_val_acc")
-    if recorded is not None and summary.get("identity") == out["identity"]:
-        out[f"summary_{opts.split}_acc"] = recorded
-    record.write_json(run_dir / opts.out, out)
-    return out
+    out = evaluate(net, dm, cfg.data.batch_size, cfg.eval.precise_bn_batches)
+    recalibrated = out.pop("_net", None)
+    if recalibrated is not None:
+        path = Path(run_dir) / "checkpoints" / "precise_bn.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomic(recalibrated.state_dict(), path)
+        results.precise_bn_state = path
+    for key, value in out.items():
+        setattr(results, key, value)

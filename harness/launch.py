@@ -1,13 +1,12 @@
 """Every change NormLab makes to its own process, in one place, each saved and restored.
 
-- `prepare_process`: Hydra resolvers the run-directory names use, and the warning filters
-  for Lightning messages that do not apply to NormLab. Called by the entry points, never on
-  import.
+- `prepare_process`: the Hydra resolvers conf/ uses (the run-directory names, the defaults
+  of a choice's code), and the warning filters for Lightning messages that do not apply to
+  NormLab. Called by the entry points, never on import.
 - `set_threads`: torch threads per run when a launcher runs several runs at once.
 - `is_global_zero`: which DDP process writes a run's outputs, known before any Trainer exists.
 - `ddp_job`: what Lightning's DDP launcher needs to start this job's child processes, and
   what it leaves behind (argv, environment, process group), undone when the run ends.
-- `scrubbed_argv`: the command line W&B records, without secrets.
 """
 from __future__ import annotations
 
@@ -20,8 +19,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf, open_dict, read_write
 
-from . import record
-from .secrets import scrub_argv
+import resolvers
+from record.identity import dir_name, identity
 
 # Set by Lightning's DDP launcher in the launching process. Left behind, LOCAL_RANK makes the
 # next run of a multirun believe its processes were started externally, and it waits forever.
@@ -36,20 +35,13 @@ def slurm_gpus_per_node(devices):
     return devices
 
 
-def dir_name(name) -> str:
-    """A run name as one directory name: '/' replaced and cut to 200 bytes, so that Hydra can
-    create the directory of any run name (the schema then refuses such a name in one line,
-    recorded in that directory)."""
-    name = str(name).replace("/", "_") or "_"
-    return name.encode()[:200].decode(errors="ignore")
-
-
 def register_resolvers() -> None:
     """${identity:} and ${dir_name:...} (conf/hydra/default.yaml), ${slurm_gpus_per_node:...}
-    (the SLURM launcher)."""
-    OmegaConf.register_new_resolver("identity", lambda *, _root_: record.identity(_root_), replace=True)
+    (the SLURM launcher), and the defaults of a choice's code (resolvers.py)."""
+    OmegaConf.register_new_resolver("identity", lambda *, _root_: identity(_root_), replace=True)
     OmegaConf.register_new_resolver("dir_name", dir_name, replace=True)
     OmegaConf.register_new_resolver("slurm_gpus_per_node", slurm_gpus_per_node, replace=True)
+    resolvers.register()
 
 
 def prepare_process() -> None:
@@ -144,15 +136,3 @@ def job_overrides() -> list[str] | None:
     if not HydraConfig.initialized():
         return None
     return list(HydraConfig.get().overrides.task)
-
-
-@contextlib.contextmanager
-def scrubbed_argv(args: list[str] | None = None):
-    """sys.argv without secret values while W&B reads it (it records the command line); with
-    `args`, the program name and those arguments instead of the command line."""
-    argv = sys.argv
-    sys.argv = scrub_argv(sys.argv if args is None else [sys.argv[0], *args])
-    try:
-        yield
-    finally:
-        sys.argv = argv

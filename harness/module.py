@@ -79,9 +79,12 @@ def _add_sums(total, loss_sum, logits, y):
 class Classifier(pl.LightningModule):
     """Cross-entropy classification with SGD/AdamW and a warmup + cosine schedule.
 
-    `history` holds one row per epoch ({"epoch": 1-based, "val/loss", "val/acc", "train/loss",
-    "train/acc", "images_per_second"}), filled by validation and by the end of the training
-    epoch in whichever order they come; an epoch without validation has no val/* keys.
+    The module owns its history: one row per epoch ({"epoch": 1-based, "val/loss", "val/acc",
+    "train/loss", "train/acc", "images_per_second"}), filled by validation and by the end of the
+    training epoch in whichever order they come; an epoch without validation has no val/* keys.
+    Throughput is training images per second of the epoch's training steps (validation
+    excluded), measured here too, so a Classifier records its training metrics whatever
+    callbacks print them.
     """
 
     def __init__(self, net: torch.nn.Module, optim: DictConfig, lr: float, channels_last: bool = False,
@@ -101,6 +104,7 @@ class Classifier(pl.LightningModule):
         self._train = None  # the same for the training epoch so far
         self._show_progress = False
         self._logged_step = None
+        self._images, self._t0, self._finished = 0, time.perf_counter(), None  # this epoch's
 
     def forward(self, x):
         # Images are made on the device in float32 (data.base: augmentation after the transfer);
@@ -134,6 +138,7 @@ class Classifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         with torch.no_grad():
             self._train = _add_sums(self._train, loss.detach() * len(y), logits, y)
+        self._images += len(y)
         step = self.global_step
         if (step + 1) % self.trainer.log_every_n_steps == 0 and step != self._logged_step:  # Lightning's logging steps
             self._logged_step = step  # once per optimizer step, with gradient accumulation too
@@ -156,7 +161,26 @@ class Classifier(pl.LightningModule):
         self._show_progress = bar is not None and bar.is_enabled
 
     def on_train_epoch_start(self):
-        self._train = None
+        self._train, self._images, self._t0 = None, 0, time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # The epoch's training metrics are closed at its last step, before the callbacks' epoch
+        # end (the epoch line, the checkpoint) read them.
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self._finish_epoch()
+
+    def on_train_epoch_end(self):
+        if self._finished != self.current_epoch:  # an epoch cut short (trainer.max_steps)
+            self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = max(time.perf_counter() - self._t0, 1e-9)
+        train = self.finish_train_epoch(self._images * self.trainer.world_size / seconds)  # each process trains as many
+        self._finished = self.current_epoch
+        if not math.isfinite(train["train/loss_epoch"]):
+            raise Diverged(f"mean training loss of epoch {self.current_epoch + 1} is {train['train/loss_epoch']}")
 
     def _means(self, sums, loss_key: str, acc_key: str) -> dict:
         """Mean loss and accuracy from (loss sum, correct, count) summed over every process, logged;
@@ -164,13 +188,15 @@ class Classifier(pl.LightningModule):
         sums = sums if sums is not None else torch.zeros(3, device=self.device)
         loss, correct, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
         result = {loss_key: loss / max(count, 1), acc_key: correct / max(count, 1)}
-        self.log_dict({**result, "epoch": float(self.epoch_number())})  # Lightning's own "epoch" counts from 0
+        # on_epoch: logged once at the end of the epoch or split, whichever hook this is called from
+        self.log_dict({**result, "epoch": float(self.epoch_number())}, on_step=False, on_epoch=True)
         return result
 
     def finish_train_epoch(self, images_per_second: float) -> dict:
         """The epoch's mean training loss and accuracy over every process, into its history row."""
         result = self._means(self._train, "train/loss_epoch", "train/acc")
-        self.log_dict({"train/images_per_second": images_per_second, "epoch": float(self.epoch_number())})
+        self.log_dict({"train/images_per_second": images_per_second, "epoch": float(self.epoch_number())},
+                      on_step=False, on_epoch=True)
         self.epoch_row().update({"train/loss": result["train/loss_epoch"], "train/acc": result["train/acc"],
                                  "images_per_second": images_per_second})
         return result
@@ -209,7 +235,7 @@ class Classifier(pl.LightningModule):
         self.history, self.fit_seconds = list(state.get("history", [])), state.get("fit_seconds", 0.0)
 
     def on_fit_start(self):
-        self._fit_t0 = time.perf_counter()
+        self._fit_t0 = self._t0 = time.perf_counter()  # a run resumed mid-epoch counts from here
 
     def fit_elapsed(self) -> float:
         """Seconds in fit in this process (earlier attempts of the run: `fit_seconds`)."""

@@ -2,17 +2,17 @@
 
 A Hydra callback (conf/hydra/default.yaml), so it runs in the process that launched the sweep
 even when the jobs ran elsewhere (joblib's worker processes, SLURM). It reads what the jobs
-left: each job's summary.json written since the sweep started, under the sweep directory.
+left: each run directory under the sweep directory whose summary.json was written since the
+sweep started, through record.RunDir.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from .record import SUMMARY_FILE
+from record import SUMMARY_FILE, Malformed, RunDir
 
 FAILED: list[str] = []  # "run name: error" of the last multirun of this process
 FAILURES = ("failed", "interrupted")  # a diverged run is a finding, not a failure
@@ -24,11 +24,11 @@ def failed_runs(sweep_dir: Path, since: float) -> list[str]:
         try:
             if path.stat().st_mtime < since:
                 continue
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError):
+            record = RunDir(path.parent).read()
+        except (OSError, Malformed):
             continue
-        if isinstance(summary, dict) and summary.get("status") in FAILURES:
-            out.append(f"{summary.get('run_name', path.parent.name)} ({path.parent}): {summary.get('error')}")
+        if record is not None and record.status in FAILURES:
+            out.append(f"{record.what.run_name or path.parent.name} ({path.parent}): {record.error}")
     return out
 
 

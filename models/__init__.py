@@ -21,6 +21,17 @@ from .vit import vit
 ARCHS = {"cifar_resnet": CifarResNet, "torchvision_resnet": torchvision_resnet, "vit": vit}
 # Keys of the model config that describe the run, not the constructor.
 _META_KEYS = {"name", "arch", "gn_groups"}  # gn_groups: read by conf/norm/gn.yaml
+# What `build` gives every constructor, from the data set and the norm config.
+BUILT_WITH = ("norm", "in_channels", "num_classes", "image_size")
+
+
+def defaults(arch: str) -> dict:
+    """The options an arch's constructor takes and their defaults (conf/model/ refers to them
+    as ${model_default:<option>})."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model arch {arch!r}; valid archs: {', '.join(sorted(ARCHS))}")
+    params = inspect.signature(ARCHS[arch]).parameters
+    return {k: p.default for k, p in params.items() if k not in BUILT_WITH and p.default is not p.empty}
 
 
 def build(model: dict, norm: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -32,8 +43,7 @@ def build(model: dict, norm: dict, in_channels: int, num_classes: int, image_siz
     ctor = ARCHS[arch]
     options = {k: v for k, v in model.items() if k not in _META_KEYS}
     params = inspect.signature(ctor).parameters
-    fixed = {"norm", "in_channels", "num_classes", "image_size"}
-    valid = [p for p in params if p not in fixed]
+    valid = [p for p in params if p not in BUILT_WITH]
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"model {model.get('name', arch)!r} ({arch}) does not take option(s) {unknown}; valid options: {valid}")

@@ -6,8 +6,10 @@ secrets (their values are replaced).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 from pathlib import Path
 
 SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|passw(or)?d|credential|auth)", re.IGNORECASE)
@@ -75,3 +77,15 @@ class ScrubbedStream:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def scrubbed_argv(args: list[str] | None = None):
+    """sys.argv without secret values while W&B reads it (it records the command line); with
+    `args`, the program name and those arguments instead of the command line."""
+    argv = sys.argv
+    sys.argv = scrub_argv(sys.argv if args is None else [sys.argv[0], *args])
+    try:
+        yield
+    finally:
+        sys.argv = argv

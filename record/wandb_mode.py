@@ -11,8 +11,7 @@ import os
 import socket
 from urllib.parse import urlparse
 
-from . import launch
-from .secrets import scrub
+from .secrets import scrub, scrubbed_argv
 
 MODES = ("auto", "online", "offline", "disabled")
 
@@ -21,7 +20,7 @@ def _base_url() -> str:
     return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
 
 
-def _key_present() -> bool:
+def key_present() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     import netrc
@@ -50,7 +49,7 @@ def wandb_mode(requested: str) -> tuple[str, str]:
         raise ValueError(f"logger.wandb.mode must be one of {', '.join(MODES)}, got {requested!r}")
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"], "WANDB_MODE is set"
-    if not _key_present():
+    if not key_present():
         return "offline", "no W&B API key; run `wandb login` to log online"
     if not _reachable(_base_url()):
         return "offline", f"{urlparse(_base_url()).hostname} is not reachable"
@@ -68,7 +67,7 @@ def start_run(requested: str, init_timeout: float, what: str = "W&B", args: list
     import wandb
 
     def attempt(m: str):
-        with launch.scrubbed_argv(args):  # W&B records the command line in the run's metadata
+        with scrubbed_argv(args):  # W&B records the command line in the run's metadata
             return wandb.init(mode=m, settings=wandb.Settings(init_timeout=init_timeout, silent=True), **init_kwargs)
 
     try:

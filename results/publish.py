@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.wandb_mode import start_run
+from record.wandb_mode import start_run
 
 
 def _table(path: Path):

@@ -1,8 +1,9 @@
-"""Read a sweep's run directories: each run's summary.json (or its Hydra config when it never
-wrote one), and the seeds the sweep asked for (multirun.yaml).
+"""Read a sweep's run directories through record/ (each run's typed record; the Hydra config
+of a run from before records were written at its start), and the seeds the sweep asked for
+(multirun.yaml).
 
 A run's `key` is its resolved config flattened to dotted keys, as the run identity sees it:
-keys that do not change what is trained are left out (harness/record.py), and so are the seed
+keys that do not change what is trained are left out (record/identity.py), and so are the seed
 and the run name (which holds the seed). Two runs with the same key differ only by seed.
 """
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 import norms
-from harness import record
+import resolvers
+from record import SUMMARY_FILE, Malformed, RunDir
+from record.identity import NEUTRAL_WHEN_ABSENT, flatten, identity_source
 
 NOT_SERIES = ("seed", "run_name")
 
@@ -58,55 +61,59 @@ class Run:
 
 def config_key(resolved: dict) -> dict:
     """The flattened identity source of a resolved config, less the seed and run name. A key
-    the identity leaves out at its neutral value (record.NEUTRAL_WHEN_ABSENT) has that value
+    the identity leaves out at its neutral value (NEUTRAL_WHEN_ABSENT) has that value
     here, so a run from before the key existed, one that sets it to that value and one that
     sets it otherwise are compared under the value itself (model.conv=plain against ws)."""
-    flat = record.flatten(record.identity_source(OmegaConf.create(resolved)))
-    for key, neutral in record.NEUTRAL_WHEN_ABSENT.items():
+    flat = flatten(identity_source(OmegaConf.create(resolved)))
+    for key, neutral in NEUTRAL_WHEN_ABSENT.items():
         flat.setdefault(key, tuple(neutral) if isinstance(neutral, list) else neutral)
     return {k: v for k, v in flat.items() if k not in NOT_SERIES}
 
 
 def read_run(run_dir: Path, include_debug: bool = False) -> Run | None:
-    """A run as its directory records it. A summary that cannot be read, or lacks what the report
-    needs, makes the run "malformed" (shown as such, with its Hydra config when there is one)."""
-    summary = record.read_summary(run_dir)
-    malformed = (run_dir / record.SUMMARY_FILE).is_file() and not (
-        isinstance(summary, dict) and isinstance(summary.get("config"), dict))
-    if not malformed and summary is not None:
-        if summary.get("result") is False and not include_debug:  # a debug run (fast_dev_run, limit_*_batches)
-            print(f"report: {run_dir} is a debug run ({summary.get('debug')}): left out (include_debug=true to show it)",
-                  flush=True)
+    """A run as its directory records it. A summary that does not read or does not fit the
+    record's types makes the run "malformed" (shown as such, with its Hydra config when there is
+    one); a run whose record says it is still running is "incomplete" (it is, or it was killed)."""
+    try:
+        rec, malformed = RunDir(run_dir).read(), None
+    except Malformed as err:
+        rec, malformed = None, str(err)
+    if rec is not None and not isinstance(rec.what.config, dict):
+        rec, malformed = None, "no config"
+    if rec is not None:
+        if rec.result is False and not include_debug:  # a debug run (fast_dev_run, limit_*_batches)
+            print(f"report: {run_dir} is a debug run ({rec.debug}): left out (include_debug=true to show it)", flush=True)
             return None
-        run = Run(path=run_dir, status=summary.get("status", "unknown"), seed=summary.get("seed"),
-                  config=config_key(summary["config"]), resolved=summary["config"],
-                  commit=(summary.get("code") or {}).get("commit"), history=summary.get("history") or [], error=summary.get("error"),
-                  best_epoch=summary.get("best_epoch"), images_per_second=summary.get("images_per_second"),
-                  activation_mib=summary.get("activation_mib"))
-        if summary.get("test_acc") is not None:
-            run.test_error = 100 * (1 - summary["test_acc"])
-        if summary.get("final_val_acc") is not None:
-            run.val_error = 100 * (1 - summary["final_val_acc"])
-        for attr, key in (("precise_error", "test_acc_precise_bn"), ("batch_stats_error", "test_acc_batch_stats")):
-            if summary.get(key) is not None:
-                setattr(run, attr, 100 * (1 - summary[key]))
-        run.diagnostics = summary.get("norm_diagnostics")
-        if summary.get("csv_log"):
-            run.csv_log = Path(summary["csv_log"])
+        res = rec.results
+        run = Run(path=run_dir, status="incomplete" if rec.status == "running" else rec.status, seed=rec.what.seed,
+                  config=config_key(rec.what.config), resolved=rec.what.config, commit=(rec.what.code or {}).get("commit"),
+                  history=res.history or [], error=rec.error, best_epoch=res.best_epoch,
+                  images_per_second=res.images_per_second, activation_mib=res.activation_mib,
+                  diagnostics=res.norm_diagnostics, csv_log=rec.csv_log)
+        for attr, value in (("test_error", res.test_acc), ("val_error", res.final_val_acc),
+                            ("precise_error", res.test_acc_precise_bn), ("batch_stats_error", res.test_acc_batch_stats)):
+            if value is not None:
+                setattr(run, attr, 100 * (1 - value))
         return run
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         if malformed:
-            print(f"report: {run_dir / record.SUMMARY_FILE} is unreadable and there is no .hydra/config.yaml "
+            print(f"report: {run_dir / SUMMARY_FILE} does not read ({malformed}) and there is no .hydra/config.yaml "
                   "beside it: left out", flush=True)
         return None
-    resolved = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)  # started, never wrote a summary
+    resolvers.register()  # conf/'s ${norm_default:...} and the like
+    try:  # started, never wrote its record (killed, or a crash before its end)
+        resolved = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
+    except Exception as err:  # noqa: BLE001 - a config this code cannot resolve
+        print(f"report: {config_file} does not resolve ({type(err).__name__}): left out", flush=True)
+        return None
     return Run(path=run_dir, status="malformed" if malformed else "incomplete", seed=resolved.get("seed"),
-               config=config_key(resolved), resolved=resolved, error="summary.json is unreadable" if malformed else None)
+               config=config_key(resolved), resolved=resolved,
+               error=f"summary.json does not read: {malformed}" if malformed else None)
 
 
 def read_runs(runs_dir: Path, skip: Path | None = None, include_debug: bool = False) -> list[Run]:
-    candidates = {p.parent for p in runs_dir.rglob(record.SUMMARY_FILE)}
+    candidates = {p.parent for p in runs_dir.rglob(SUMMARY_FILE)}
     candidates |= {p.parent.parent for p in runs_dir.rglob(".hydra/config.yaml")}
     runs = []
     for run_dir in sorted(candidates):

@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.save:
         print("not saved (--save creates it in W&B)")
         return 0
-    from harness.wandb_mode import _key_present
+    from record.wandb_mode import key_present
 
-    if not _key_present():
+    if not key_present():
         print("error: saving a workspace needs a W&B login: run `wandb login` (or set WANDB_API_KEY)", file=sys.stderr)
         return 2
     saved = workspace.save()

@@ -30,6 +30,13 @@ def run_train(*args, cwd=REPO, env=None, timeout=900, check=True) -> subprocess.
     return proc
 
 
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The one line a CLI prints for a user's error (exit status 2, no traceback)."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
 def wandb_environment(run_dir: Path) -> dict:
     """The environment W&B recorded for an offline run (command-line arguments, program, ...),
     from its transaction log (`wandb leet inspect --json`)."""

@@ -21,8 +21,12 @@ def hydra_conf():
         yield
 
 
+# norm= options that are a kind with the convolutions it is published with, not kinds of their own
+NORM_WITH_CONV = {"gn_ws": ("gn", "ws")}
+
+
 def test_config_groups_match_the_code():
-    assert options("norm") == sorted(norms.kinds())
+    assert options("norm") == sorted([*norms.kinds(), *NORM_WITH_CONV])
     assert options("data") == sorted(data.DATASETS)
     assert {"resnet20", "resnet56", "resnet18", "resnet50", "vit"} <= set(options("model"))
     assert {"sgd", "adamw"} <= set(options("optim"))
@@ -35,15 +39,16 @@ def test_every_combination_composes_and_builds(hydra_conf, norm, model_name, dat
     # an ImageFolder tree is read at setup; with data.num_classes the model builds without one
     files = ["data.root=/nonexistent", "data.num_classes=10"] if data_name == "imagefolder" else []
     cfg = compose("config", overrides=[f"norm={norm}", f"model={model_name}", f"data={data_name}", *files])
-    assert (cfg.norm.kind, cfg.model.name, cfg.data.name) == (norm, model_name, data_name)
-    assert cfg.run_name == f"{norm}-{model_name}-bs{cfg.data.batch_size}-s{cfg.seed}"
+    kind, conv = NORM_WITH_CONV.get(norm, (norm, "plain"))
+    assert (cfg.norm.kind, cfg.model.conv, cfg.model.name, cfg.data.name) == (kind, conv, model_name, data_name)
+    assert cfg.run_name == f"{kind}-{model_name}-bs{cfg.data.batch_size}-s{cfg.seed}"
     dm = data.build(cfg.data)  # builds the DataModule; reads no files
-    if cfg.model.arch == "vit" and norm.startswith("evonorm"):  # defined for CNN maps only
-        with pytest.raises(ValueError, match=f"norm '{norm}' has no definition for layout 'nlc'"):
+    if cfg.model.arch == "vit" and (norm.startswith("evonorm") or conv != "plain"):  # defined for CNN maps only
+        with pytest.raises(ValueError, match=f"norm '{norm}' has no definition for layout 'nlc'|the ViT has no conv"):
             models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
         return
     net = models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
-    assert {norms.kind_of(m) for m in net.modules()} - {None} == {norm}
+    assert {norms.kind_of(m) for m in net.modules()} - {None} == {kind}
 
 
 def test_defaults(hydra_conf):

@@ -7,7 +7,9 @@ import pytest
 from conftest import REPO, clean_env, run_train
 from hydra import compose, initialize_config_dir
 
-from harness import build, record
+import record
+from harness import build
+from record import RunRecord, RunSpec
 
 TINY = ["data=synthetic", "data.train_size=256", "model=resnet8", "model.width=8", "logger=csv"]
 
@@ -31,7 +33,7 @@ def test_tags_label_a_run_without_changing_what_it_is(hydra_conf):
     tagged = compose("config", overrides=["tags=[baseline,v2]"])
     assert list(tagged.tags) == ["baseline", "v2"]
     assert record.identity(tagged) == record.identity(plain)
-    assert record.start_summary(tagged, Path("/nonexistent"))["tags"] == ["baseline", "v2"]
+    assert RunRecord.begin(tagged, RunSpec.of(tagged), Path("/nonexistent")).what.tags == ["baseline", "v2"]
 
 
 def test_ckpt_path_resumes_from_that_checkpoint_only_if_it_is_this_runs(tmp_path):

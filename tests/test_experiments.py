@@ -1,4 +1,5 @@
 """Experiment recipes and the W&B sweep files compose into valid runs of the same grid."""
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ from hydra import compose, initialize_config_dir
 import data
 import models
 import norms
-from harness import record
+import record
+from record import RunSpec
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -49,17 +51,19 @@ ZOO = {"bn": ("bn", "plain"), "gn": ("gn", "plain"), "gn_ws": ("gn", "ws"), "brn
 
 @pytest.mark.parametrize("name,protocol", [("small_batch_zoo", "norm_vs_batch"), ("quick_zoo", "quick")])
 def test_the_zoo_recipes_are_their_protocol_with_the_seven_entries(hydra_conf, name, protocol):
+    """Each zoo composes from its base study (its defaults list) and replaces only the norms."""
     zoo = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
     base = compose("config", overrides=[f"experiment={protocol}"], return_hydra_config=True)
     zoo_grid, base_grid = sweeper_grid(zoo), sweeper_grid(base)
-    assert zoo_grid["+zoo"] == list(ZOO) and "norm" not in zoo_grid
-    assert {k: v for k, v in zoo_grid.items() if k != "+zoo"} == {k: v for k, v in base_grid.items() if k != "norm"}
-    for key in ("data", "model", "optim", "trainer"):  # the same protocol, key for key
-        assert zoo[key] == base[key], key
+    assert zoo_grid["norm"] == list(ZOO)
+    assert {k: v for k, v in zoo_grid.items() if k != "norm"} == {k: v for k, v in base_grid.items() if k != "norm"}
     for entry, (kind, conv) in ZOO.items():
-        point = compose("config", overrides=[f"experiment={name}", f"+zoo={entry}"])
+        point = compose("config", overrides=[f"experiment={name}", f"norm={entry}"])
         assert (point.norm.kind, point.model.conv) == (kind, conv)
-        assert {k: point[k] for k in ("data", "optim", "trainer")} == {k: zoo[k] for k in ("data", "optim", "trainer")}
+        for key in ("data", "optim", "trainer"):  # the protocol, key for key
+            assert point[key] == base[key], key
+        # +zoo=<entry>, as zoo sweeps were written before, composes the same run
+        assert compose("config", overrides=[f"experiment={name}", f"+zoo={entry}"]) == point
 
 
 def test_norm_batch_vs_opt_batch_holds_one_batch_while_varying_the_other(hydra_conf):
@@ -116,7 +120,7 @@ def test_identity_ignores_logging_but_not_training_settings(hydra_conf):
     assert record.identity(base) == record.identity(same)
     for change in ("seed=1", "norm=gn", "data.batch_size=8", "optim.lr=0.2", "trainer.max_epochs=3", "model.width=8"):
         assert record.identity(compose("config", overrides=["data=synthetic", change])) != record.identity(base), change
-    assert record.wandb_run_id(base) != record.wandb_run_id(same)  # another experiment, another W&B run
+    assert RunSpec.of(base).wandb_id != RunSpec.of(same).wandb_id  # another experiment, another W&B run
 
 
 def test_run_directory_is_named_by_identity(hydra_conf):
@@ -172,3 +176,27 @@ def test_gn_paper_imagenet_is_the_papers_protocol(hydra_conf):
     gn = compose("config", overrides=["experiment=gn_paper_imagenet", "data.root=/data/imagenet", "norm=gn"])
     assert gn.norm.num_groups == 32 and gn.norm.get("sync", False) is False
     schema.validate(gn)
+
+
+def test_every_run_of_the_studies_keeps_its_directory_name(hydra_conf):
+    """The directory name (run name and identity) of every run of the quick, quick_zoo,
+    norm_vs_batch and small_batch_zoo grids, expanded from each recipe's own grid, and of one run
+    of every norm, model, data set and recipe, are those NormLab gave them before conf/ took its
+    defaults from the code and the zoos composed from their base studies (commit d352809): a
+    relaunch finds every run a user already has."""
+    import itertools
+
+    from record.identity import dir_name
+
+    pinned = json.loads((Path(__file__).parent / "fixtures" / "identities.json").read_text())
+
+    def name(overrides):
+        cfg = compose("config", overrides=overrides)
+        return f"{dir_name(cfg.run_name)}-{record.identity(cfg)}"
+
+    for recipe, names in pinned["recipes"].items():
+        grid = sweeper_grid(compose("config", overrides=[f"experiment={recipe}"], return_hydra_config=True))
+        jobs = [[f"{k}={v}" for k, v in zip(grid, point)] for point in itertools.product(*grid.values())]
+        assert sorted(name([f"experiment={recipe}", *job]) for job in jobs) == names, recipe
+    for overrides, pinned_name in pinned["single"].items():
+        assert name(overrides.split()) == pinned_name, overrides

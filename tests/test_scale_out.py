@@ -44,15 +44,15 @@ def test_ddp_runs_write_one_set_of_outputs_from_rank_zero(ddp_sweep):
 @pytest.mark.parametrize("sync", [False, True])
 def test_ddp_summary_records_the_three_batch_sizes(ddp_sweep, sync):
     sweep_dir, _, _ = ddp_sweep
-    summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs(sweep_dir)]
-    (s,) = [s for s in summaries if s["config"]["norm"]["sync"] is sync]
+    summaries = [(d, json.loads((d / "summary.json").read_text())) for d in run_dirs(sweep_dir)]
+    ((run_dir, s),) = [(d, s) for d, s in summaries if s["config"]["norm"]["sync"] is sync]
     assert s["status"] == "completed" and s["epochs_completed"] == 2
     assert s["test_acc"] > 0.4, s["test_acc"]  # 4 classes, chance 0.25: it learned something in 2 epochs
     assert (s["world_size"], s["per_device_batch_size"], s["optimization_batch_size"]) == (2, 32, 64)
     # unsynchronized bn normalizes over one process's batch; synchronized over both
     assert s["normalization_batch_size"] == (64 if sync else 32)
     assert s["lr"] == pytest.approx(0.1 * 64 / 128)  # linear scaling by the optimization batch
-    record = wandb_inspect(Path(s["wandb"]["dir"]))
+    record = wandb_inspect(run_dir / s["wandb"]["dir"])
     assert record["config"]["world_size"] == 2
     assert record["config"]["normalization_batch_size"] == s["normalization_batch_size"]
     assert record["summary"]["test/acc"] == pytest.approx(s["test_acc"])
@@ -121,12 +121,17 @@ def compose_slurm(*overrides, env=None):
     return cfg
 
 
-def test_slurm_config_lists_every_field_of_the_plugin():
+def test_slurm_config_composes_from_the_plugins_own_and_states_only_what_normlab_sets():
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
     from omegaconf import OmegaConf
 
+    plugin = {f.name: f.default for f in dataclasses.fields(SlurmQueueConf) if f.default is not dataclasses.MISSING}
     ours = OmegaConf.load(REPO / "conf/hydra/launcher/submitit_slurm.yaml")
-    assert set(ours) == {f.name for f in dataclasses.fields(SlurmQueueConf)}
+    assert all(OmegaConf.to_container(ours)[k] != plugin.get(k) for k in ours)  # no copy of a plugin default
+    launcher = compose_slurm("trainer=ddp", "trainer.devices=4").hydra.launcher
+    assert set(launcher) == {f.name for f in dataclasses.fields(SlurmQueueConf)}
+    for key in set(plugin) - set(ours) - {"submitit_folder", "name"}:  # those two interpolate Hydra's own keys
+        assert launcher[key] == plugin[key], key
 
 
 def test_slurm_defaults_come_from_trainer_and_environment(monkeypatch, tmp_path):

@@ -59,7 +59,7 @@ def test_every_run_has_a_readable_identity(sweep):
         assert run_dir.name == f"{norm}-resnet20-bs{bs}-s0-{s['identity']}"
         assert len(s["identity"]) == 8
         identities.add(s["identity"])
-        record = wandb_inspect(Path(s["wandb"]["dir"]))
+        record = wandb_inspect(run_dir / s["wandb"]["dir"])
         assert record["run_id"] == s["wandb"]["id"]
         assert record["config"]["experiment"] == "e2e" and record["config"]["identity"] == s["identity"]
         assert record["config"]["norm"] == norm and record["config"]["batch_size"] == bs

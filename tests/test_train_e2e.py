@@ -51,8 +51,9 @@ def test_every_norm_learns_and_records_its_run(sweep, norm):
 
     # The W&B run (offline here: no key) is this job's own, not the previous job's.
     assert summary["wandb"]["mode"] == "offline"
-    assert Path(summary["wandb"]["dir"]).parent == run_dir / "wandb"
-    record = wandb_inspect(Path(summary["wandb"]["dir"]))
+    wandb_dir = run_dir / summary["wandb"]["dir"]  # recorded relative to the run directory
+    assert wandb_dir.parent == run_dir / "wandb"
+    record = wandb_inspect(wandb_dir)
     assert record["run_id"] == summary["wandb"]["id"]
     assert record["config"]["norm"] == norm and record["config"]["batch_size"] == 32
     # the whole resolved config as flat dotted keys, and the learning rate after scaling
@@ -68,9 +69,9 @@ def test_every_norm_learns_and_records_its_run(sweep, norm):
     assert record["summary"]["epoch"] == EPOCHS
     # the sweep's W&B directory links every run, named like its directory, for `wandb leet <sweep>/wandb`
     link = sweep_dir / "wandb" / f"offline-run-{run_dir.name}"
-    assert link.is_symlink() and link.resolve() == Path(summary["wandb"]["dir"]).resolve()
+    assert link.is_symlink() and link.resolve() == wandb_dir.resolve()
     assert wandb_inspect(link)["run_id"] == summary["wandb"]["id"]
-    environment = wandb_environment(Path(summary["wandb"]["dir"]))
+    environment = wandb_environment(wandb_dir)
     assert sorted(environment["args"]) == sorted([f"norm={norm}", *SYNTH])  # the job's own overrides, not the sweep's
     assert f"norm:{norm}" in record["tags"]
     assert record["summary"]["test/acc"] == pytest.approx(summary["test_acc"])
@@ -116,8 +117,9 @@ def test_the_workspace_plots_keys_the_runs_log(sweep):
     summary_keys = set(re.findall(r'summary:([^"]+)', text))
     history_keys = {m for panel in re.findall(r'"metrics": \[([^]]*)\]', text) for m in re.findall(r'"([^"]+)"', panel)}
     assert {"batch_size", "normalization_batch_size"} <= config_keys and "test/acc" in summary_keys
-    summary = json.loads(next(sweep_dir.glob("gn-*/summary.json")).read_text())
-    record = wandb_inspect(Path(summary["wandb"]["dir"]))
+    path = next(sweep_dir.glob("gn-*/summary.json"))
+    summary = json.loads(path.read_text())
+    record = wandb_inspect(path.parent / summary["wandb"]["dir"])
     assert config_keys <= set(record["config"]), config_keys - set(record["config"])
     assert summary_keys | history_keys <= set(record["summary"]), (summary_keys | history_keys) - set(record["summary"])
     assert record["config"]["experiment"] == "default"  # the filter's value for runs without a recipe
@@ -142,7 +144,7 @@ def test_vit_with_trainer_override_and_unreachable_wandb(tmp_path):
     with open(tmp_path / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/lr")]
     assert max(steps) == 2 * 5 - 1  # 5 batches per epoch, not the 32 the data set has
-    record = wandb_inspect(Path(summary["wandb"]["dir"]))
+    record = wandb_inspect(tmp_path / summary["wandb"]["dir"])
     assert record["config"]["model.arch"] == "vit" and record["config"]["norm"] == "ln"
 
 

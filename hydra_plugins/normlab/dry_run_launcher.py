@@ -31,11 +31,12 @@ ConfigStore.instance().store(group="hydra/launcher", name="dry_run", node=_launc
 
 
 def job_status(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
-    """(status, detail) of one job: done, partial, failed, diverged, to run, refused, or
-    another configuration's directory."""
+    """(state, detail) of one job: its run directory's state (record.RunDir.state: done, stale,
+    partial, failed, foreign, to run), or refused by the checks train.py makes first."""
     import data
     import models
-    from harness import record, schema
+    from harness import schema
+    from record import RunDir, RunSpec
 
     try:  # what train.py checks before training: the schema, then the model the norm must fit
         schema.validate(cfg)
@@ -43,21 +44,15 @@ def job_status(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
         models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
     except (ValueError, OSError) as err:  # as train.py: a user's error, one line
         return "refused", f"error: {err}"
-    summary = record.read_summary(run_dir)
-    if summary is not None and summary.get("identity") != record.identity(cfg):
-        return "conflict", f"{run_dir} holds another configuration's run ({summary.get('identity')})"
-    if summary is not None and summary.get("status") == "completed":
-        return "done", f"test accuracy {summary['test_acc']:.2%}"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if ckpt.is_file():
+    spec, run = RunSpec.of(cfg), RunDir(run_dir)
+    state = run.state(spec.identity, spec.run_name)
+    if state.kind == "partial":
         try:
-            step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+            step = torch.load(run.checkpoint, map_location="cpu", weights_only=True)["global_step"]
             return "partial", f"resumes from step {step}"
         except Exception:  # noqa: BLE001 - the run sets an unreadable checkpoint aside and starts over
             return "to run", "its checkpoint is unreadable: it starts over"
-    if summary is not None and summary.get("status") in ("failed", "diverged", "interrupted"):
-        return summary["status"], str(summary.get("error", ""))[:200]
-    return "to run", ""
+    return state.kind, state.detail
 
 
 class DryRunLauncher(Launcher):

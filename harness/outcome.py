@@ -1,0 +1,71 @@
+"""How a run ended, recorded last: the one place that owns the taxonomy.
+
+    completed    its budget reached and tested (the run sets its results)
+    diverged     the training loss became NaN or infinite: a finding, not a bug; a sweep goes on
+    interrupted  SIGTERM or Ctrl-C: a checkpoint was saved, a relaunch resumes
+    failed       anything else, with the error in one line (secrets scrubbed)
+    foreign      the directory or checkpoint is another configuration's: nothing is written
+
+W&B finishes first and summary.json is written last, so a kill in between leaves a run that a
+relaunch trains (and logs) again, never a summary beside an unfinished W&B run.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from record import NotThisRun, RunDir, RunRecord
+from record.secrets import scrub
+
+from .module import Diverged
+from .wandb_run import WandbRun
+
+
+class RunEnd:
+    """`with RunEnd(run_dir, record) as end:` around a run's work. The work sets `end.module`,
+    `end.trainer` and `end.wandb` as it creates them, and the record's results when it completes."""
+
+    def __init__(self, run_dir: RunDir, record: RunRecord, write: bool = True):
+        self.run_dir, self.record, self.write = run_dir, record, write
+        self.module = self.trainer = None
+        self.wandb = WandbRun()
+        self.started = time.time()
+
+    def __enter__(self) -> RunEnd:
+        return self
+
+    def _history(self) -> list:
+        return list(self.module.history) if self.module is not None else []
+
+    def __exit__(self, typ, err, tb) -> bool:
+        rec, suppress = self.record, False
+        if isinstance(err, Diverged):
+            rec.status, rec.error = "diverged", str(err)
+            rec.diverged_at_step = self.trainer.global_step if self.trainer is not None else None
+            rec.results.history = self._history()
+            rec.results.epochs_completed = len(rec.results.history)
+            suppress = True
+        elif isinstance(err, SIGTERMException):
+            rec.status, rec.error = "interrupted", "stopped by a signal; relaunch to resume from the checkpoint"
+            rec.results.history = self._history()
+        elif isinstance(err, NotThisRun):
+            self.write = False  # never over the record of another configuration's run
+        elif err is not None:
+            rec.status, rec.error = "failed", scrub(f"{type(err).__name__}: {err}")
+            if self.module is not None:
+                rec.results.history = self._history()
+        self.wandb.finish(ok=rec.status == "completed")
+        if self.write:
+            try:
+                self.run_dir.write(rec, self.started)
+            except OSError as write_err:
+                if rec.status not in ("failed", "interrupted"):
+                    raise  # the run's only error: say it
+                print(f"note: {self.run_dir.summary} could not be written either ({write_err.strerror or write_err})",
+                      file=sys.stderr, flush=True)
+        if isinstance(err, SIGTERMException):
+            raise SystemExit(128 + signal.SIGTERM)
+        return suppress

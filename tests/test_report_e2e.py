@@ -1,0 +1,131 @@
+"""The report end to end: real sweeps through the CLI, malformed and foreign records, the cost,
+code and Why sections, the W&B workspace."""
+import csv
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, clean_env, run_train
+from fake_runs import BASE, fake_run, hydra_conf, report  # noqa: F401 - hydra_conf is a fixture
+from hydra import compose
+from omegaconf import OmegaConf
+from scipy import stats as sps
+
+
+# ---------------------------------------------------------------------------------------
+# End to end: the sweep a new user launches
+# ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~30 s of real runs; the grouping it checks is tested on written runs in make test
+def test_real_sweep_over_group_count_and_lr_gives_four_series(tmp_path):
+    run_train("-m", "norm=gn", "norm.num_groups=1,8", "optim.lr=0.01,0.5", "data=synthetic", "data.batch_size=8",
+              "data.train_size=256", "trainer.max_epochs=1", "logger=csv", f"hydra.sweep.dir={tmp_path}")
+    proc = subprocess.run([sys.executable, str(REPO / "report.py"), str(tmp_path), "wandb.mode=disabled",
+                           "select=optim.lr", "rows=norm.num_groups"], cwd=REPO, env=clean_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, str(REPO / "report.py"), str(tmp_path), "wandb.mode=disabled"], cwd=REPO,
+                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "report" / "results.csv") as f:
+        cells = list(csv.DictReader(f))
+    assert sorted(c["series"] for c in cells) == ["gn (G=1) lr=0.01", "gn (G=1) lr=0.5", "gn (G=8) lr=0.01",
+                                                   "gn (G=8) lr=0.5"]
+    assert all(c["n"] == "1" for c in cells)
+    summaries = {(s["config"]["norm"]["num_groups"], s["config"]["optim"]["lr"]): s
+                 for s in (json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json"))}
+    for c in cells:
+        s = summaries[int(c["norm.num_groups"]), float(c["optim.lr"])]
+        assert float(c["test_error_mean"]) == pytest.approx(100 * (1 - s["test_acc"]), abs=1e-3)
+    with open(tmp_path / "report" / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_a_malformed_summary_is_shown_as_such_and_the_rest_reported(hydra_conf, tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, [*BASE, "norm=bn"], seed, 10.0 + seed)
+    broken = fake_run(tmp_path, [*BASE, "norm=bn"], 2, 12.0)
+    (broken / ".hydra").mkdir()
+    (broken / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose("config", overrides=[*BASE, "seed=2"])))
+    (broken / "summary.json").write_text('{"status": "completed", "test_a')
+    orphan = fake_run(tmp_path, [*BASE, "norm=bn"], 3, 12.0)
+    (orphan / "summary.json").write_text("[]")  # valid JSON, not a summary, and no Hydra config
+    out, cells, _ = report(tmp_path)
+    (cell,) = cells
+    assert cell["n"] == "2" and float(cell["test_error_mean"]) == pytest.approx(10.5)
+    assert cell["problems"] == "malformed=1"
+    assert "summary.json does not read" in (out / "index.html").read_text()
+
+
+def test_cost_table_carries_spreads_and_timing_runs_every_cell_in_turns(hydra_conf, tmp_path):
+    for norm in ("bn", "gn"):
+        for seed, e in enumerate((10.0, 12.0)):
+            fake_run(tmp_path, [*BASE, f"norm={norm}", "model.width=4", *(["norm.num_groups=2"] if norm == "gn" else [])],
+                     seed, e)
+    out, _, _ = report(tmp_path, timing=True, timing_rounds=2)
+    cost = (out / "results.md").read_text().split("#### Cost")[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in cost.splitlines()
+            if line.startswith("| bn") or line.startswith("| gn")}
+    half = sps.t.ppf(0.975, 1) * np.std([10.0, 12.0], ddof=1) / math.sqrt(2)
+    assert rows["bn"][1] == f"11.00 [{11 - half:.2f}, {11 + half:.2f}]"  # test error with its CI
+    ms, ratio = rows["gn"][3], rows["gn"][4]
+    assert float(ms.split()[0]) > 0 and "–" in ms  # median ms/step (min–max over rounds)
+    low, high = (float(v) for v in ratio.split("(")[1].rstrip(")").split("–"))
+    assert low <= float(ratio.split()[0]) <= high and rows["bn"][4].startswith("1.00")
+
+
+def test_cells_that_pool_runs_of_different_code_are_flagged(hydra_conf, tmp_path):
+    dirs = [fake_run(tmp_path, [*BASE, "norm=bn"], seed, 10.0 + seed) for seed in (0, 1)]
+    for run_dir, commit in zip(dirs, ("a" * 40, "b" * 40), strict=True):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["code"] = {"commit": commit}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    out, _, _ = report(tmp_path)
+    assert "Caution: 1 cell(s) pool runs trained by different commits of NormLab (bn at 8)" in (out / "results.md").read_text()
+
+
+def test_why_section_pairs_precise_bn_with_the_same_runs_and_draws_noise_and_drift(hydra_conf, tmp_path):
+    # bn at batch 2 and 32 over 3 seeds: PreciseBN lowers each run's error by 2 + seed/10 points
+    for batch, seed in itertools.product((2, 32), range(3)):
+        error = 30.0 + seed if batch == 2 else 20.0 + seed
+        run = fake_run(tmp_path, ["data=synthetic", f"data.batch_size={batch}"], seed, error)
+        summary = json.loads((run / "summary.json").read_text())
+        noise = 0.8 / math.sqrt(batch)
+        diag = {f"layer{i}": {"batch_mean_noise": noise * (1 + i), "input_drift": 0.1} for i in range(3)}
+        summary.update(test_acc_precise_bn=1 - (error - 2 - seed / 10) / 100, test_acc_batch_stats=1 - (error + 5) / 100,
+                       norm_diagnostics=diag)
+        for row in summary["history"]:
+            row["norm_diagnostics"] = diag
+        (run / "summary.json").write_text(json.dumps(summary))
+    gn = fake_run(tmp_path, ["data=synthetic", "norm=gn", "data.batch_size=2"], 0, 25.0)  # no statistics: no rows
+    assert gn.is_dir()
+    out, _, _ = report(tmp_path)
+    md = (out / "results.md").read_text()
+    diffs = [-(2 + s / 10) for s in range(3)]
+    half = sps.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)
+    line = next(x for x in md.splitlines() if x.startswith("- Why, bn at batch 2"))
+    assert (f"changes test error by {np.mean(diffs):+.1f} points, 95% CI {np.mean(diffs) - half:+.1f} to "
+            f"{np.mean(diffs) + half:+.1f}, n = 3 (paired by run) of its +10.0-point gap to batch 32") in line
+    assert "its own statistics changes it by +5.0 points" in line
+    assert "| bn: PreciseBN |" in md and "gn: PreciseBN" not in md
+    assert (out / "batch_noise.png").is_file() and (out / "input_drift.png").is_file()
+    assert 'id="batch_noise"' in (out / "index.html").read_text()
+
+
+def test_the_workspace_command_prints_its_panels_and_saving_needs_a_login(tmp_path, monkeypatch, capsys):
+    from results import workspace
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert workspace.main(["--entity", "someone", "--experiment", "quick"]) == 0
+    out = capsys.readouterr().out
+    assert "Norm vs batch size: test accuracy vs batch size" in out and "not saved" in out
+    assert workspace.main(["--entity", "someone", "--save"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: saving a workspace needs a W&B login: run `wandb login` "
+                                               "(or set WANDB_API_KEY)")
+    filters = json.dumps(workspace.spec(workspace.norm_vs_batch_workspace("someone", "normlab", "quick")))
+    assert "quick" in filters and "config:batch_size.value" in filters
