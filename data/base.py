@@ -1,15 +1,16 @@
 """An image-classification DataModule that holds the whole data set in memory as uint8.
 
 Two pipelines (`data.pipeline`):
-- "memory" (default): images are uint8 (N, C, H, W) tensors; batches are augmented and
-  normalized after they reach the device (`on_after_batch_transfer`), so there is no
-  per-sample PIL decoding and no worker process between the data and the next step.
+- "memory" (default): images are uint8 (N, C, H, W) tensors; a single-device run keeps each
+  split on its device and gathers its batches there (data.device); batches are augmented and
+  normalized on the device (`on_after_batch_transfer`), so there is no per-sample PIL
+  decoding, no worker process and no copy between the data and the next step.
 - "dataloader": torchvision's classic per-sample path, for comparison and for data that does
   not fit in memory: each image becomes a PIL image and goes through torchvision transforms
   (RandomCrop with padding, RandomHorizontalFlip, ToTensor, Normalize) in `data.num_workers`
   worker processes.
 Both see the same images in the same order (`EpochSampler`); the random crops and flips are
-drawn from different generators. The training order is a function of the run's seed and the
+drawn from different generators (memory: the run's own, data.device.augment_generator). The training order is a function of the run's seed and the
 epoch only, and the DataModule's state (saved in every checkpoint) says how far into its epoch
 a run got: a run resumed mid-epoch sees the rest of that epoch's images, in order, as an
 uninterrupted run would. In the dataloader pipeline each image's crop and flip are drawn from
@@ -21,7 +22,16 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .device import (
+    DeviceLoader,
+    DeviceSplit,
+    apply_crop_flip,
+    augment_generator,
+    draw_crop_flip,
+)
+from .order import EpochSampler, _mix
 
 DEFAULT_ROOT = Path.home() / ".cache" / "normlab" / "data"  # where downloaded or unpacked data sets go
 PIPELINES = ("memory", "dataloader")
@@ -60,60 +70,6 @@ class PILImages(Dataset):
         return seeded(item, self._get)
 
 
-def _mix(*values: int) -> int:
-    """A 63-bit seed from integers (numpy's SeedSequence mixes them well)."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(2, np.uint64)[0] >> 1)
-
-
-class EpochSampler(Sampler):
-    """The training order: a permutation of the training set per epoch that depends on the
-    seed and the epoch only (Lightning calls `set_epoch`, under DDP through its sampler
-    wrapper). `resume(epoch, samples)` skips the samples an interrupted run had trained on in
-    that epoch. With `sample_seeds`, it yields (index, seed) pairs for per-sample augmentation."""
-
-    def __init__(self, n: int, seed: int, sample_seeds: bool = False):
-        self.n, self.seed, self.sample_seeds = n, seed, sample_seeds
-        self.epoch, self._resume = 0, None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume(self, epoch: int, samples: int) -> None:
-        self._resume = (epoch, samples)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch))).tolist()
-        start = 0
-        if self._resume is not None:
-            epoch, samples = self._resume
-            start = samples if epoch == self.epoch and samples < self.n else 0
-            self._resume = None
-        if self.sample_seeds:
-            return iter([(i, _mix(self.seed, self.epoch, pos)) for pos, i in enumerate(order)][start:])
-        return iter(order[start:])
-
-
-def random_crop_flip(x: torch.Tensor, pad: int, flip: bool) -> torch.Tensor:
-    """Per-sample random crop after zero padding, and random horizontal flip, in batch."""
-    n, c, h, w = x.shape
-    if pad:
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n, 1, 1, 1), device=x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n, 1, 1, 1), device=x.device)
-        rows = (dy + torch.arange(h, device=x.device).view(1, 1, h, 1)).expand(n, c, h, w + 2 * pad)
-        cols = (dx + torch.arange(w, device=x.device).view(1, 1, 1, w)).expand(n, c, h, w)
-        x = padded.gather(2, rows).gather(3, cols)
-    if flip:
-        mask = torch.rand(n, 1, 1, 1, device=x.device) < 0.5
-        x = torch.where(mask, x.flip(3), x)
-    return x
-
-
 class ImageDataModule(pl.LightningDataModule):
     """Subclasses set the class attributes below and implement `load()`."""
 
@@ -140,6 +96,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_size, self.train_subset = val_size, train_subset
         self.augment, self.split_seed, self.num_workers = augment, split_seed, num_workers
         self._splits, self._resume = None, None
+        self.seed = None  # the run's seed (torch's, at setup): its training order and augmentation
+        self._on_device: dict = {}  # (split, device) -> DeviceSplit
+        self._augment_rng, self._augment_state = None, None
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (train_x, train_y, test_x, test_y); x uint8 (N, C, H, W), y int64 (N,)."""
@@ -148,6 +107,7 @@ class ImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
+        self.seed = torch.initial_seed()  # pl.seed_everything(cfg.seed) came first
         train_x, train_y, test_x, test_y = self.load()
         if not 0 < self.val_size < len(train_x):
             raise ValueError(f"data.val_size={self.val_size} must be between 1 and the training set size - 1 ({len(train_x) - 1})")
@@ -187,17 +147,37 @@ class ImageDataModule(pl.LightningDataModule):
         self.setup()
         return {k: len(v) for k, v in self._splits.items()}
 
-    def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
-        """Every loader has its own generator: none draws from torch's global one, which only
-        the model and the batch augmentation use (and which checkpoints carry)."""
+    def device_split(self, split: str, device) -> DeviceSplit:
+        """A split of the memory pipeline on `device`, moved there once."""
         self.setup()
-        seed = torch.initial_seed()  # the run's seed (pl.seed_everything)
-        sampler = None
-        if train:
-            sampler = EpochSampler(len(self._splits[split]), seed, sample_seeds=self.pipeline != "memory")
-            if self._resume is not None:
-                sampler.resume(*self._resume)
-                self._resume = None
+        key = (split, str(torch.device(device)))
+        if key not in self._on_device:
+            self._on_device[key] = DeviceSplit(self._splits[split], device)
+        return self._on_device[key]
+
+    def _device(self):
+        """The device of a single-process run whose batches are gathered there, or None (the
+        dataloader pipeline, several processes, or no Trainer yet: a DataLoader serves them)."""
+        trainer = self.trainer
+        if self.pipeline != "memory" or trainer is None or trainer.world_size > 1:
+            return None
+        return trainer.strategy.root_device
+
+    def _loader(self, split: str, batch_size: int, train: bool):
+        """Every loader has its own generator: none draws from torch's global one, which only
+        the model uses (and which checkpoints carry)."""
+        self.setup()
+        seed, device = self.seed, self._device()
+        if device is not None:
+            loader = DeviceLoader(self.device_split(split, device), batch_size, seed if train else None, drop_last=train)
+            sampler = loader.sampler
+        else:
+            sampler = EpochSampler(len(self._splits[split]), seed, sample_seeds=self.pipeline != "memory") if train else None
+        if train and self._resume is not None:
+            sampler.resume(*self._resume)
+            self._resume = None
+        if device is not None:
+            return loader
         return DataLoader(self._splits[split], batch_size=batch_size, sampler=sampler, drop_last=train,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=self.pipeline != "memory" and torch.cuda.is_available(),
@@ -205,6 +185,27 @@ class ImageDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         return self._loader("train", self.batch_size, train=True)
+
+    def batches(self, split: str, batch_size: int, device, seed: int | None = None, drop_last: bool = False,
+                limit: int | None = None, rng: torch.Generator | None = None):
+        """Batches of a split on `device`, as the model sees them: in the training order of `seed`
+        (its first epoch), else in order; augmented from the generator `rng` when one is given.
+        What the evaluations after training read (harness.evaluation), for a run alone or in a
+        pack (each member with its own seed)."""
+        self.setup()
+        if self.pipeline == "memory":
+            source = DeviceLoader(self.device_split(split, device), batch_size, seed, drop_last)
+        else:
+            source = DataLoader(self._splits[split], batch_size=batch_size, drop_last=drop_last,
+                                sampler=EpochSampler(len(self._splits[split]), seed, sample_seeds=True) if seed is not None
+                                else None, num_workers=self.num_workers)
+        for i, (x, y) in enumerate(source):
+            if limit is not None and i >= limit:
+                return
+            x, y = x.to(device), y.to(device)
+            draws = (draw_crop_flip(len(y), self.crop_padding, self.hflip, x.device, rng)
+                     if rng is not None and self.augment else None)
+            yield self.preprocess((x, y), train=rng is not None, draws=draws)
 
     def eval_loader(self, split: str, batch_size: int, drop_last: bool = False) -> DataLoader:
         """A split in order, in batches of `batch_size` (evaluation at another batch size:
@@ -220,11 +221,25 @@ class ImageDataModule(pl.LightningDataModule):
         if trainer is None:
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": trainer.current_epoch, "samples_done": done * self.batch_size}
+        state = {"epoch": trainer.current_epoch, "samples_done": done * self.batch_size}
+        if self._augment_rng is not None:
+            state["augment_rng"] = self._augment_rng.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("epoch") is not None:
             self._resume = (state["epoch"], state["samples_done"])
+        self._augment_state = state.get("augment_rng")
+
+    def augment_rng(self, device) -> torch.Generator:
+        """The run's augmentation generator on `device` (resumed from a checkpoint's state)."""
+        if self._augment_rng is None or self._augment_rng.device != torch.device(device):
+            self.setup()
+            self._augment_rng = augment_generator(self.seed, device)
+            if self._augment_state is not None:
+                self._augment_rng.set_state(self._augment_state)
+                self._augment_state = None
+        return self._augment_rng
 
     def val_dataloader(self):
         return self._loader("val", self.eval_batch_size, train=False)
@@ -235,15 +250,19 @@ class ImageDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         return self.preprocess(batch, train=self.trainer is not None and self.trainer.training)
 
-    def preprocess(self, batch, train: bool):
+    def preprocess(self, batch, train: bool, draws=None):
         """A batch on its device, as the model sees it: uint8 to float, augmented when `train`
-        (and data.augment), normalized. The dataloader pipeline did all this in its workers."""
+        (and data.augment) with the run's generator (or the given `draws`: data.device's
+        draw_crop_flip for these images), normalized. The dataloader pipeline did all this in its
+        workers."""
         if self.pipeline != "memory":
             return batch
         x, y = batch
         x = x.float().div_(255)
         if self.augment and train:
-            x = random_crop_flip(x, self.crop_padding, self.hflip)
+            if draws is None:
+                draws = draw_crop_flip(x.shape[0], self.crop_padding, self.hflip, x.device, self.augment_rng(x.device))
+            x = apply_crop_flip(x, self.crop_padding, *draws)
         mean, std = self._normalization(x.device)
         return (x - mean) / std, y
 

@@ -133,6 +133,7 @@ class ImageFolderDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
+        self.seed = torch.initial_seed()  # as ImageDataModule.setup: pl.seed_everything(cfg.seed) came first
         train = self._folder("train")
         test = self._folder("val", train.classes)
         if self._num_classes is not None and self._num_classes != len(train.classes):

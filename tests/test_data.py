@@ -9,7 +9,7 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
 import data
-from data.base import random_crop_flip
+from data.device import random_crop_flip
 from data.fashion_mnist import DEBIAN_DIR
 
 FMNIST_PRESENT = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
