@@ -18,12 +18,13 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from harness import build, evaluation, job, launch, resume, schema, sweep
+from harness import build, evaluation, job, launch, packed, resume, schema, sweep
 from harness.callbacks import EpochReport, LastCheckpoint, RngState, StopOnSignal
 from harness.diagnostics import NormDiagnostics
 from harness.loggers import ResumableCSVLogger
 from harness.module import Classifier
 from harness.outcome import RunEnd
+from harness.packed.member import written_by_pack
 from harness.wandb_run import WandbRun
 from record import RunDir, RunRecord, RunSpec
 from record.cli import one_line_errors
@@ -137,6 +138,8 @@ def main(cfg: DictConfig) -> float | None:
             skip = job.prepare(cfg, spec, run_dir)
             if skip is not None:
                 return skip.record.results.test_acc
+            if written_by_pack(run_dir) or cfg.perf.cuda_graphs:  # the pack's loop, alone (it captures its step)
+                return job.announce(packed.train([(cfg, run_dir, launch.job_overrides() or [])])[0], run_dir)
             return job.announce(run(cfg, spec, run_dir), run_dir)
     return None
 

@@ -48,8 +48,8 @@ def scaled_lr(optim: DictConfig, optimization_batch: int) -> float:
     return optim.lr * LR_SCALINGS[optim.lr_scaling](optimization_batch / optim.base_batch_size)
 
 
-def data_and_net(cfg: DictConfig):
-    """The DataModule (its files read and checked now) and the network, in the run's RNG state."""
+def data(cfg: DictConfig):
+    """The DataModule, its files read and checked now."""
     dm = datasets.build(cfg.data)
     try:
         dm.setup()
@@ -59,8 +59,18 @@ def data_and_net(cfg: DictConfig):
         where = f"data.root={cfg.data.root}" if cfg.data.get("root") else "the default data directory"
         raise OSError(err.errno, f"{where} cannot hold the data set: {err.strerror} ({err.filename}); "
                                  "set data.root to a writable directory") from None
-    net = models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
-    return dm, net
+    return dm
+
+
+def net(cfg: DictConfig, dm) -> torch.nn.Module:
+    return models.build(cfg.model, cfg.norm, dm.in_channels, dm.num_classes, dm.image_size)
+
+
+def data_and_net(cfg: DictConfig):
+    """The DataModule and the network, in the run's RNG state (after pl.seed_everything: the
+    data module's setup draws nothing from torch's generator)."""
+    dm = data(cfg)
+    return dm, net(cfg, dm)
 
 
 def activation_mib(net: torch.nn.Module, dm, batch_size: int) -> float:

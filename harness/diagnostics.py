@@ -35,26 +35,36 @@ def _channels_first(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2) if x.dim() == 3 else x
 
 
-class NormDiagnostics(pl.Callback):
-    def __init__(self, every_n_steps: int):
-        self.every_n_steps = every_n_steps
-        self._handles, self._layers = [], []
+def norm_layers(net) -> list[tuple[str, "torch.nn.Module"]]:
+    """(name, module) of every norm layer of a network (the sites of `none` too), in order."""
+    return [(name, m) for name, m in net.named_modules() if norms.kind_of(m) is not None]
 
-    # -- set-up -------------------------------------------------------------------------
-    def setup(self, trainer, pl_module, stage):
-        if stage != "fit" or self._layers:
-            return
-        self._layers = [(name, m) for name, m in pl_module.net.named_modules() if norms.kind_of(m) is not None]
-        self._reset(pl_module.device)
-        self._previous = [None] * len(self._layers)
 
-    def teardown(self, trainer, pl_module, stage):
-        self.stop()
+class NormStats:
+    """One network's measurements over an epoch, without Lightning: `start()` hooks the layers
+    (`layers`, the network the forward pass runs through) for the next forward pass,
+    `grad_norms(layers)` adds the gradient norms of a network's layers (the same architecture:
+    the one whose parameters have the gradients), `stop()`, then `epoch_means()` once an epoch.
+    The sums stay on the device."""
+
+    def __init__(self, layers: list, device):
+        self._layers, self._handles = layers, []
+        self._previous = [None] * len(layers)
+        self.reset(device)
+
+    def reset(self, device) -> None:
+        self._sums = torch.zeros(len(self._layers), len(METRICS), device=device)
+        self._counts = torch.zeros(len(self._layers), len(METRICS), device=device)
+        self._pending, self._index = [], {}
+
+    @property
+    def device(self):
+        return self._sums.device
 
     def start(self) -> None:
-        """Measure the next forward pass and gradients. The hooks exist only for measured steps:
-        a registered hook, even one that returns at once, puts every call of its module on
-        PyTorch's slower path (measured: +0.2 to 1 ms a step on a GPU, BENCHMARKS.md)."""
+        """Measure the next forward pass. The hooks exist only for measured steps: a registered
+        hook, even one that returns at once, puts every call of its module on PyTorch's slower
+        path (measured: +0.2 to 1 ms a step on a GPU, BENCHMARKS.md)."""
         if not self._handles:
             self._handles = [m.register_forward_pre_hook(partial(self._measure, i))
                              for i, (_, m) in enumerate(self._layers)]
@@ -63,17 +73,12 @@ class NormDiagnostics(pl.Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if getattr(self, "_pending", None):
+        if self._pending:
             self._flush()
 
     @property
     def active(self) -> bool:
         return bool(self._handles)
-
-    def _reset(self, device):
-        self._sums = torch.zeros(len(self._layers), len(METRICS), device=device)
-        self._counts = torch.zeros(len(self._layers), len(METRICS), device=device)
-        self._pending, self._index = [], {}
 
     def _add(self, i: int, metric: str, value: torch.Tensor):
         self._pending.append((i * len(METRICS) + METRICS.index(metric), value))
@@ -91,13 +96,6 @@ class NormDiagnostics(pl.Callback):
         self._sums.view(-1).index_add_(0, index, values)
         self._counts.view(-1).index_add_(0, index, torch.ones_like(values))
         self._pending = []
-
-    # -- measuring ------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self._sums.device != pl_module.device:
-            self._reset(pl_module.device)
-        if trainer.global_step % self.every_n_steps == 0:
-            self.start()
 
     @torch.no_grad()
     def _measure(self, i: int, module, args):
@@ -125,18 +123,14 @@ class NormDiagnostics(pl.Callback):
                                               / (r_var + module.eps).sqrt()).mean())
             self._add(i, "batch_var_noise", torch.log(b_var.clamp_min(1e-12) / r_var.clamp_min(1e-12)).abs().mean())
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if not self.active:
-            return
-        for i, (_, module) in enumerate(self._layers):
+    def grad_norms(self, layers: list | None = None) -> None:
+        """The L2 norm of each layer's parameter gradients (of `layers`: another network of the
+        same architecture, whose parameters hold the gradients; by default the hooked ones)."""
+        for i, (_, module) in enumerate(layers if layers is not None else self._layers):
             grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
             if grads:
                 self._add(i, "grad_norm", torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.stop()
-
-    # -- per epoch --------------------------------------------------------------------------
     def epoch_means(self) -> dict:
         """{layer: {metric: mean over the epoch's measurements}}: one read from the device."""
         self._flush()
@@ -146,11 +140,44 @@ class NormDiagnostics(pl.Callback):
             out[name] = {m: s / c for m, s, c in zip(METRICS, s_row, c_row) if c}
         return out
 
+
+def flat(means: dict) -> dict:
+    """The epoch's means as the loggers take them: {"diag/<layer>/<metric>": value}."""
+    return {f"diag/{layer}/{metric}": value for layer, row in means.items() for metric, value in row.items()}
+
+
+class NormDiagnostics(pl.Callback):
+    """NormStats over a Lightning run: every `every_n_steps` optimizer steps, the module's network."""
+
+    def __init__(self, every_n_steps: int):
+        self.every_n_steps = every_n_steps
+        self.stats: NormStats | None = None
+
+    def setup(self, trainer, pl_module, stage):
+        if stage == "fit" and self.stats is None:
+            self.stats = NormStats(norm_layers(pl_module.net), pl_module.device)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self.stats is not None:
+            self.stats.stop()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.stats.device != pl_module.device:
+            self.stats.reset(pl_module.device)
+        if trainer.global_step % self.every_n_steps == 0:
+            self.stats.start()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.stats.active:
+            self.stats.grad_norms()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.stats.stop()
+
     def on_train_epoch_end(self, trainer, pl_module):
-        means = self.epoch_means()
-        self._reset(pl_module.device)
+        means = self.stats.epoch_means()
+        self.stats.reset(pl_module.device)
         pl_module.epoch_row()["norm_diagnostics"] = means
-        flat = {f"diag/{layer}/{metric}": value for layer, row in means.items() for metric, value in row.items()}
-        if flat and trainer.is_global_zero:
+        if means and trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics({**flat, "epoch": pl_module.epoch_number()}, step=trainer.global_step)
+                logger.log_metrics({**flat(means), "epoch": pl_module.epoch_number()}, step=trainer.global_step)

@@ -14,7 +14,7 @@ from record.io import write_json
 from record.rundir import not_this_run
 
 from . import build
-from .evaluation import accuracy, evaluate, on_device
+from .evaluation import accuracy, evaluate
 
 
 def run_config(run_dir: RunDir):
@@ -65,12 +65,12 @@ def evaluate_run(opts) -> dict:
         raise ValueError(f"{ckpt} does not fit the network of {run_dir.path}'s config: {str(err).splitlines()[0]}") from None
     device = torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")
     net.to(device)
-    loader = dm.eval_loader(opts.split, dm.eval_batch_size)
     out = {"run_dir": str(run_dir.path), "checkpoint": str(ckpt), "identity": spec.identity, "split": opts.split,
            "global_step": ckpt_state.get("global_step"),
-           f"{opts.split}_acc": accuracy(net, on_device(loader, dm.preprocess, False, device))}
+           f"{opts.split}_acc": accuracy(net, dm.batches(opts.split, dm.eval_batch_size, device))}
     batches = cfg.eval.precise_bn_batches if opts.precise_bn_batches is None else opts.precise_bn_batches
-    extra = evaluate(net, dm, cfg.data.batch_size, batches, precise_splits=(opts.split,), batch_stat_splits=(opts.split,))
+    extra = evaluate(net, dm, cfg.data.batch_size, batches, int(cfg.seed), precise_splits=(opts.split,),
+                     batch_stat_splits=(opts.split,))
     extra.pop("_net", None)
     out.update(extra)
     if state.kind in ("done", "stale") and state.record.completed:

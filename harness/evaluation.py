@@ -14,7 +14,6 @@ bn's train/eval inconsistency at that batch size.
 from __future__ import annotations
 
 import copy
-import itertools
 from pathlib import Path
 from typing import Iterable
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 import norms
+from data.order import _mix
 
 
 def statistics_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -45,9 +45,12 @@ def _as_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(net: nn.Module, batches: Iterable, batch_statistics: bool = False) -> float:
-    """Top-1 accuracy over (x, y) batches. With `batch_statistics`, every batch-statistics norm
-    normalizes each batch with that batch's own statistics (on a copy: nothing is updated)."""
+def accuracy(net: nn.Module, batches: Iterable, batch_statistics: int | None = None) -> float:
+    """Top-1 accuracy over (x, y) batches. With `batch_statistics` = b, every batch-statistics
+    norm normalizes each group of b consecutive images by that group's own statistics, as a
+    training batch of b is (on a copy: nothing is updated); images past a multiple of b in a
+    batch are left out (measured: passes of one batch of b are as fast as larger passes of
+    several groups on a CPU, and faster at b = 32, so evaluate() passes batches of b)."""
     if batch_statistics:
         net = copy.deepcopy(net)
     net.eval()
@@ -55,10 +58,15 @@ def accuracy(net: nn.Module, batches: Iterable, batch_statistics: bool = False) 
         for layer in statistics_layers(net):
             layer.train()
             layer.momentum = 0.0  # running = running: train-mode statistics leave no trace
+            layer.virtual_batch_size = batch_statistics
     correct = total = 0
     for x, y in batches:
-        correct += (net(_as_net(net, x)).argmax(1) == y).sum().item()
-        total += len(y)
+        if batch_statistics:
+            n = len(y) - len(y) % batch_statistics
+            x, y = x[:n], y[:n]
+        if len(y):
+            correct += (net(_as_net(net, x)).argmax(1) == y).sum().item()
+            total += len(y)
     return correct / max(total, 1)
 
 
@@ -85,33 +93,31 @@ def precise_bn(net: nn.Module, batches: Iterable) -> tuple[nn.Module, int]:
     return net.eval(), n
 
 
-def on_device(loader, preprocess, train: bool, device, limit: int | None = None):
-    """(x, y) batches from a DataLoader, moved to `device` and preprocessed as the model sees
-    them (augmented when `train`)."""
-    for x, y in itertools.islice(loader, limit):
-        yield preprocess((x.to(device), y.to(device)), train=train)
+PRECISE_STREAM = 4  # the stream of a run's seed PreciseBN's augmentation draws from
 
 
-def evaluate(net: nn.Module, dm, batch_size: int, precise_bn_batches: int, precise_splits=("val", "test"),
+def evaluate(net: nn.Module, dm, batch_size: int, precise_bn_batches: int, seed: int, precise_splits=("val", "test"),
              batch_stat_splits=("test",)) -> dict:
     """The accuracies this module is about, as summary.json keys; {} for a network without
     batch statistics (they would equal the EMA numbers by construction). The recalibrated
-    network is returned under "_net" (not a summary key) when PreciseBN ran."""
+    network is returned under "_net" (not a summary key) when PreciseBN ran. PreciseBN's
+    batches are the first `precise_bn_batches` of the run's first epoch (`seed`'s order),
+    augmented from a generator of the seed's own: the same whether the run trained alone or in
+    a pack."""
     if not statistics_layers(net):
         return {}
     device, out = _device(net), {}
     was_training = net.training
     for split in batch_stat_splits:  # the last partial batch is left out: it would be a smaller batch
-        loader = dm.eval_loader(split, batch_size, drop_last=True)
-        out[f"{split}_acc_batch_stats"] = accuracy(net, on_device(loader, dm.preprocess, False, device),
-                                                   batch_statistics=True)
+        out[f"{split}_acc_batch_stats"] = accuracy(net, dm.batches(split, batch_size, device, drop_last=True),
+                                                   batch_statistics=batch_size)
     if precise_bn_batches > 0:
-        train = dm.train_dataloader()
-        recalibrated, used = precise_bn(net, on_device(train, dm.preprocess, True, device, precise_bn_batches))
+        rng = torch.Generator(device=device).manual_seed(_mix(seed, PRECISE_STREAM))
+        batches = dm.batches("train", batch_size, device, seed=seed, drop_last=True, limit=precise_bn_batches, rng=rng)
+        recalibrated, used = precise_bn(net, batches)
         out["precise_bn_batches"] = used
         for split in precise_splits:
-            loader = dm.eval_loader(split, dm.eval_batch_size)
-            out[f"{split}_acc_precise_bn"] = accuracy(recalibrated, on_device(loader, dm.preprocess, False, device))
+            out[f"{split}_acc_precise_bn"] = accuracy(recalibrated, dm.batches(split, dm.eval_batch_size, device))
         out["_net"] = recalibrated
     net.train(was_training)
     return out
@@ -127,7 +133,7 @@ def record_statistics(results, cfg, net: nn.Module, dm, world_size: int, run_dir
         return
     from .resume import save_atomic
 
-    out = evaluate(net, dm, cfg.data.batch_size, cfg.eval.precise_bn_batches)
+    out = evaluate(net, dm, cfg.data.batch_size, cfg.eval.precise_bn_batches, int(cfg.seed))
     recalibrated = out.pop("_net", None)
     if recalibrated is not None:
         path = Path(run_dir) / "checkpoints" / "precise_bn.pt"

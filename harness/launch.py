@@ -67,7 +67,7 @@ def set_threads(num_threads, launcher) -> None:
     if threads == "auto":
         launcher = launcher or {}
         target = str(launcher.get("_target_", ""))
-        if "joblib" in target and launcher.get("n_jobs"):
+        if ("joblib" in target or "packed" in target) and launcher.get("n_jobs"):
             cores = os.cpu_count() or 1
             n_jobs = launcher.n_jobs
             n_jobs = cores if n_jobs < 0 else min(n_jobs, cores)  # joblib: -1 means one job per core

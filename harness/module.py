@@ -68,6 +68,21 @@ def param_groups(net: torch.nn.Module, weight_decay_norm: bool) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def optimizer(net: torch.nn.Module, optim: DictConfig, lr: float) -> torch.optim.Optimizer:
+    """optim.optimizer over the network's parameter groups (`param_groups`), at `lr`."""
+    return hydra.utils.instantiate(optim.optimizer)(param_groups(net, optim.weight_decay_norm), lr=lr)
+
+
+def lr_factor(optim: DictConfig, steps_per_epoch: int, total_steps: int):
+    """The learning-rate factor of optimizer step t, as a function, and why the warmup was capped
+    (None if it was not): warmup, then cosine decay to zero or optim.schedule=step's drops."""
+    warmup, capped = warmup_steps(optim.warmup_epochs, steps_per_epoch, total_steps)
+    if optim.get("schedule", "cosine") == "step":
+        milestones = [round(e * steps_per_epoch) for e in optim.milestones]
+        return (lambda step: warmup_step_decay(step, warmup, milestones, optim.step_gamma)), capped
+    return (lambda step: warmup_cosine(step, warmup, total_steps)), capped
+
+
 def _add_sums(total, loss_sum, logits, y):
     """total + (loss sum, correct, count) of a batch, all on the device. new_full fills on the
     device; torch.tensor(n, device="cuda") would be a blocking host-to-device copy."""
@@ -242,21 +257,13 @@ class Classifier(pl.LightningModule):
         return time.perf_counter() - getattr(self, "_fit_t0", time.perf_counter())
 
     def configure_optimizers(self):
-        optimizer = hydra.utils.instantiate(self.optim_cfg.optimizer)(
-            param_groups(self.net, self.optim_cfg.weight_decay_norm), lr=self.lr)
+        opt = optimizer(self.net, self.optim_cfg, self.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)  # also sets num_training_batches
         batches = self.trainer.num_training_batches
         if not math.isfinite(batches):  # a step budget (max_epochs=-1): Lightning has not counted them
             batches = len(self.trainer.datamodule.train_dataloader()) // self.trainer.world_size
-        per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
-        warmup, capped = warmup_steps(self.optim_cfg.warmup_epochs, per_epoch, total)
+        factor, capped = lr_factor(self.optim_cfg, math.ceil(batches / self.trainer.accumulate_grad_batches), total)
         if capped and self.trainer.is_global_zero:
             print(capped, flush=True)
-        if self.optim_cfg.get("schedule", "cosine") == "step":
-            milestones = [round(e * per_epoch) for e in self.optim_cfg.milestones]
-            gamma = self.optim_cfg.step_gamma
-            factor = lambda step: warmup_step_decay(step, warmup, milestones, gamma)  # noqa: E731
-        else:
-            factor = lambda step: warmup_cosine(step, warmup, total)  # noqa: E731
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -26,37 +26,49 @@ from .wandb_run import WandbRun
 
 class RunEnd:
     """`with RunEnd(run_dir, record) as end:` around a run's work. The work sets `end.module`,
-    `end.trainer` and `end.wandb` as it creates them, and the record's results when it completes."""
+    `end.trainer` and `end.wandb` as it creates them, and the record's results when it completes.
+    A pack's loop ends its members with `close` instead (harness/packed)."""
 
     def __init__(self, run_dir: RunDir, record: RunRecord, write: bool = True):
         self.run_dir, self.record, self.write = run_dir, record, write
         self.module = self.trainer = None
         self.wandb = WandbRun()
         self.started = time.time()
+        self.closed = False
 
     def __enter__(self) -> RunEnd:
         return self
 
-    def _history(self) -> list:
-        return list(self.module.history) if self.module is not None else []
-
     def __exit__(self, typ, err, tb) -> bool:
-        rec, suppress = self.record, False
-        if isinstance(err, Diverged):
-            rec.status, rec.error = "diverged", str(err)
-            rec.diverged_at_step = self.trainer.global_step if self.trainer is not None else None
-            rec.results.history = self._history()
+        suppress = self.close(err)
+        if isinstance(err, SIGTERMException):
+            raise SystemExit(128 + signal.SIGTERM)
+        return suppress
+
+    def close(self, err: BaseException | None, step: int | None = None, history: list | None = None) -> bool:
+        """Record how the run ended (`err`: None when it completed), finish W&B, write the record
+        last; once. `step` and `history` stand for a trainer and module the run does not have (a
+        pack's member). Returns whether `err` is a finding rather than a failure (divergence)."""
+        if self.closed:
+            return False
+        self.closed = True
+        rec, finding = self.record, isinstance(err, Diverged)
+        history = history if history is not None else (list(self.module.history) if self.module is not None else None)
+        if step is None and self.trainer is not None:
+            step = self.trainer.global_step
+        if finding:
+            rec.status, rec.error, rec.diverged_at_step = "diverged", str(err), step
+            rec.results.history = history or []
             rec.results.epochs_completed = len(rec.results.history)
-            suppress = True
         elif isinstance(err, SIGTERMException):
             rec.status, rec.error = "interrupted", "stopped by a signal; relaunch to resume from the checkpoint"
-            rec.results.history = self._history()
+            rec.results.history = history or []
         elif isinstance(err, NotThisRun):
             self.write = False  # never over the record of another configuration's run
         elif err is not None:
             rec.status, rec.error = "failed", scrub(f"{type(err).__name__}: {err}")
-            if self.module is not None:
-                rec.results.history = self._history()
+            if history is not None:
+                rec.results.history = history
         self.wandb.finish(ok=rec.status == "completed")
         if self.write:
             try:
@@ -66,6 +78,4 @@ class RunEnd:
                     raise  # the run's only error: say it
                 print(f"note: {self.run_dir.summary} could not be written either ({write_err.strerror or write_err})",
                       file=sys.stderr, flush=True)
-        if isinstance(err, SIGTERMException):
-            raise SystemExit(128 + signal.SIGTERM)
-        return suppress
+        return finding

@@ -57,6 +57,12 @@ def batch_moments(x: torch.Tensor, synced: bool) -> tuple[torch.Tensor, torch.Te
     return mean, var, float(count.detach())
 
 
+def _lerp_(running: torch.Tensor, value: torch.Tensor, weight: float) -> None:
+    """running.lerp_(value, weight) as an out-of-place lerp and a copy: the same numbers, and
+    torch.func.vmap has a batching rule for it (none for lerp_)."""
+    running.copy_(torch.lerp(running, value, weight))
+
+
 def per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A (C,) tensor viewed to broadcast over x (N, C, *)."""
     return t.view(1, -1, *[1] * (x.dim() - 2))
@@ -130,8 +136,8 @@ class BatchStatistics(nn.BatchNorm2d):
         if not self.track_running_stats:
             return
         factor = self.update_factor()
-        self.running_mean.lerp_(mean.detach(), factor)
-        self.running_var.lerp_(var.detach() * (count / max(count - 1, 1)), factor)
+        _lerp_(self.running_mean, mean.detach(), factor)
+        _lerp_(self.running_var, var.detach() * (count / max(count - 1, 1)), factor)
 
     def affine_(self, y: torch.Tensor) -> torch.Tensor:
         return y * per_channel(self.weight, y) + per_channel(self.bias, y) if self.affine else y

@@ -51,6 +51,8 @@ class Norm:
     activation: str = ""
     # layout -> why the kind has no definition there (said when a model asks for it)
     missing_layouts: Mapping[str, str] = field(default_factory=dict)
+    # runs vectorized over a pack of runs (torch.func.vmap; harness/packed): False, such runs train alone
+    packs: bool = True
 
     def option_type(self, name: str):
         """The type an option's value must have (Optional when its default is None)."""

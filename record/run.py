@@ -67,6 +67,7 @@ class What:
     accelerator: Optional[str] = None
     precision: Optional[str] = None
     num_params: Optional[int] = None
+    cuda_graphs: Optional[bool] = None  # perf.cuda_graphs=true: whether its training step ran as a CUDA graph
 
 
 @dataclass
@@ -204,7 +205,7 @@ for _section, _cls in (("what", What), (None, RunRecord), ("results", Results)):
 _ORDER = ("status", "norm", "model", "data", "batch_size", "seed", "epochs", "run_name", "experiment", "tags", "identity",
           "output_dir", "started_at", "code", "config", "result", "debug", "resumed_from", "pack", "num_params",
           "activation_mib", "csv_log", "wandb", "lr", "base_lr", "per_device_batch_size", "torch_threads", "world_size",
-          "optimization_batch_size", "normalization_batch_size", "accelerator", "precision", "train_seconds",
+          "optimization_batch_size", "normalization_batch_size", "accelerator", "precision", "cuda_graphs", "train_seconds",
           "epochs_completed", "best_val_acc", "best_epoch", "final_val_acc", "test_acc", "test_loss", "images_per_second",
           "history", "norm_diagnostics", "test_acc_batch_stats", "precise_bn_batches", "val_acc_precise_bn",
           "test_acc_precise_bn", "precise_bn_state", "error", "diverged_at_step", "finished_at", "wall_seconds")

@@ -21,11 +21,11 @@ def measure(net, batches) -> dict:
     net.train()
     with torch.no_grad():
         for x in batches:
-            diag.start()
+            diag.stats.start()
             net(x)
-            diag.stop()
-    assert diag.active is False and all(not m._forward_pre_hooks for m in net.modules())  # no hooks between steps
-    means = diag.epoch_means()
+            diag.stats.stop()
+    assert diag.stats.active is False and all(not m._forward_pre_hooks for m in net.modules())  # no hooks between steps
+    means = diag.stats.epoch_means()
     diag.teardown(None, module, "fit")
     return means
 

@@ -1,4 +1,5 @@
 """Evaluation that separates a model from its statistics: PreciseBN, batch statistics, eval.py."""
+import copy
 import json
 import subprocess
 import sys
@@ -67,15 +68,30 @@ def test_batch_statistics_accuracy_normalizes_each_batch_by_itself_and_changes_n
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x = torch.randn(8, 3, 5, 5)
     batches = [(x, torch.zeros(8, dtype=torch.long))]
-    accuracy(net, batches, batch_statistics=True)
+    accuracy(net, batches, batch_statistics=8)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     # the same as the network in train mode on that batch
     reference = small_net()
     reference.load_state_dict(before)
     with torch.no_grad():
         expected = (reference.train()(x).argmax(1) == 0).float().mean().item()
-    assert accuracy(net, batches, batch_statistics=True) == expected
+    assert accuracy(net, batches, batch_statistics=8) == expected
     assert statistics_layers(small_net("gn", num_groups=4)) == [] and statistics_layers(small_net("ln")) == []
+
+
+def test_batch_statistics_in_passes_of_several_batches_are_each_batch_by_itself():
+    """Groups of 2 normalized by their own statistics inside passes of 16 (bn: all groups at
+    once) give each image the logits a pass over its batch of 2 alone gives."""
+    net = small_net().eval()
+    x, y = torch.randn(40, 3, 5, 5), torch.randint(0, 3, (40,))
+    reference = copy.deepcopy(net).train()
+    with torch.no_grad():
+        alone = torch.cat([reference(x[i:i + 2]) for i in range(0, 40, 2)])
+    expected = (alone.argmax(1) == y).sum().item() / 40
+    passes = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 40, 16)]  # 16, 16, 8
+    assert accuracy(net, passes, batch_statistics=2) == expected
+    # a pass that is not a multiple of the batch leaves its tail out, as drop_last does
+    assert accuracy(net, [(x[:5], y[:5])], batch_statistics=2) == (alone[:4].argmax(1) == y[:4]).sum().item() / 4
 
 
 TINY = ["data=synthetic", "data.train_size=384", "data.batch_size=16", "trainer.max_epochs=1", "logger=csv"]

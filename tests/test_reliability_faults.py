@@ -178,7 +178,7 @@ def test_the_training_order_and_augmentation_do_not_depend_on_num_workers(hydra_
 
 
 def test_a_resumed_epoch_continues_the_order_where_it_stopped():
-    from data.base import EpochSampler
+    from data.order import EpochSampler
 
     full = list(EpochSampler(100, seed=7).__iter__())
     resumed = EpochSampler(100, seed=7)

@@ -51,6 +51,7 @@ class Perf:
     channels_last: bool = MISSING
     compile: bool = MISSING
     cudnn_benchmark: bool = MISSING
+    cuda_graphs: bool = MISSING
 
 
 @dataclass

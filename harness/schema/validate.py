@@ -90,6 +90,11 @@ def _optimizer(optimizer: DictConfig) -> None:
         raise ValueError(f"optim.optimizer: {target} refuses {dict(kwargs)}: {err}") from None
 
 
+def _cuda(trainer: DictConfig) -> bool:
+    accelerator = str(trainer.get("accelerator") or "auto")
+    return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+
+
 def _cross_field(cfg: DictConfig) -> None:
     """Rules between keys."""
     trainer = cfg.trainer
@@ -103,6 +108,10 @@ def _cross_field(cfg: DictConfig) -> None:
         if not milestones or any(m <= 0 for m in milestones) or milestones != sorted(milestones):
             raise ValueError(f"optim.schedule=step needs optim.milestones, increasing positive epochs "
                              f"(e.g. [30,60,90]), got {milestones}")
+    if cfg.perf.get("cuda_graphs") and not _cuda(trainer):
+        raise ValueError(f"perf.cuda_graphs=true captures the training step in a CUDA graph: it needs a CUDA GPU, and "
+                         f"this run trains on the CPU (trainer.accelerator={trainer.get('accelerator')}, "
+                         f"CUDA available: {torch.cuda.is_available()})")
     if trainer.get("sync_batchnorm"):
         raise ValueError("trainer.sync_batchnorm=true would convert NormLab's bn layers to nn.SyncBatchNorm, which "
                          "loses the ViT token layout and ghost batches and refuses CPU tensors; use norm.sync=true")
