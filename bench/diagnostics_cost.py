@@ -41,10 +41,10 @@ def step_with(net, x, y, diag, active: bool) -> None:
         return
     import torch.nn.functional as F
 
-    diag.start()  # what on_train_batch_start does on a measured step
+    diag.stats.start()  # what on_train_batch_start does on a measured step
     F.cross_entropy(net(x), y).backward()
-    diag.on_before_optimizer_step(None, None, None)  # the gradient norms, as before an optimizer step
-    diag.on_train_batch_end(None, None, None, None, None)  # the step's values into the sums
+    diag.stats.grad_norms()  # the gradient norms, as before an optimizer step
+    diag.stats.stop()  # the step's values into the sums
     net.zero_grad(set_to_none=True)
 
 
