@@ -34,8 +34,8 @@ launch.prepare_process()  # before @hydra.main composes: the run directory's ${i
 schema.register()
 
 
-def callbacks_for(cfg: DictConfig, run_dir: RunDir) -> list[pl.Callback]:
-    callbacks = [EpochReport(), StopOnSignal(), RngState()]
+def callbacks_for(cfg: DictConfig, run_dir: RunDir, limit: pl.Callback | None) -> list[pl.Callback]:
+    callbacks = [EpochReport(), StopOnSignal(), RngState(), *([limit] if limit else [])]
     if cfg.progress_bar == "auto" and not sys.stdout.isatty():
         callbacks.append(TQDMProgressBar(refresh_rate=0))  # logs and CI get the epoch lines instead
     elif cfg.progress_bar:
@@ -80,7 +80,8 @@ def run(cfg: DictConfig, spec: RunSpec, run_dir: RunDir, rank_zero: bool = True)
             csv_logger = ResumableCSVLogger(run_dir.path, step)
             record.csv_log = Path(csv_logger.log_dir) / "metrics.csv"
             run_loggers = [csv_logger, *end.wandb.loggers]
-        trainer = end.trainer = build.trainer(cfg, run_dir.path, run_loggers, callbacks_for(cfg, run_dir),
+        end.limit = build.stop_limit(cfg)
+        trainer = end.trainer = build.trainer(cfg, run_dir.path, run_loggers, callbacks_for(cfg, run_dir, end.limit),
                                               enable_checkpointing=False)
         build.describe_setup(record, cfg, trainer)  # the learning rate, the three batch sizes, the device
         end.wandb.setup(record)

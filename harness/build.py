@@ -19,6 +19,8 @@ import data as datasets
 import models
 import norms
 
+from .callbacks import StopAtLimit, parse_duration
+
 LR_SCALINGS = {"linear": lambda r: r, "sqrt": math.sqrt, "none": lambda r: 1.0}
 
 
@@ -41,6 +43,19 @@ def debug_settings(cfg: DictConfig) -> dict:
         if value is not None and (isinstance(value, int) or value != 1.0):
             out[f"trainer.{key}"] = value
     return out
+
+
+def stop_limit(cfg: DictConfig):
+    """The callback that stops a run at trainer.max_time, or at trainer.max_steps under an epoch
+    budget (the run is then `stopped`, resumable); None when neither is set."""
+    trainer = cfg.trainer
+    steps = trainer.get("max_steps") if trainer.get("max_epochs") != -1 else None
+    steps = steps if steps is not None and steps >= 0 else None
+    wall = trainer.get("max_time")
+    if steps is None and wall is None:
+        return None
+    return StopAtLimit(steps, parse_duration(OmegaConf.to_container(wall) if OmegaConf.is_config(wall) else wall)
+                       if wall is not None else None)
 
 
 def scaled_lr(optim: DictConfig, optimization_batch: int) -> float:
@@ -108,6 +123,8 @@ def describe_setup(record, cfg: DictConfig, trainer: pl.Trainer) -> None:
 def trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list, **fixed) -> pl.Trainer:
     """A Trainer from the `trainer` config group (any Trainer argument), plus `fixed` ones."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for limit in ("max_time", *(("max_steps",) if kwargs.get("max_epochs") != -1 else ())):
+        kwargs.pop(limit, None)  # limits, not budgets: harness.callbacks.StopAtLimit (stop_limit below)
     kwargs["precision"] = resolve_precision(kwargs.get("precision", "auto"))
     kwargs.setdefault("benchmark", cfg.perf.cudnn_benchmark)  # trainer.benchmark, if given, wins
     valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks", *fixed}

@@ -5,6 +5,8 @@ import os
 import random
 import signal
 import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -100,6 +102,40 @@ class RngState(pl.Callback):
         random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
         if state["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def parse_duration(value) -> timedelta:
+    """trainer.max_time as Lightning takes it: "DD:HH:MM:SS", a dict of timedelta's arguments
+    ({"hours": 2}), or a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, dict):
+        return timedelta(**value)
+    days, hours, minutes, seconds = (int(part) for part in str(value).split(":"))
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+class StopAtLimit(pl.Callback):
+    """trainer.max_time, and trainer.max_steps under an epoch budget, are limits, not budgets:
+    the run stops at a step boundary as it does for SIGTERM (Lightning's own path, so the
+    checkpoint it saves resumes bit-exactly), and its record says `stopped` (harness/outcome.py),
+    never `completed`. Lightning's Timer and max_steps would instead end the epoch early and
+    let the run look complete. max_time counts from this process's start of training."""
+
+    def __init__(self, max_steps: int | None, max_time: timedelta | None):
+        self.max_steps, self.max_time = max_steps, max_time
+        self.reason = None  # set when a limit stopped the run
+
+    def on_fit_start(self, trainer, pl_module):
+        self._t0 = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.max_steps is not None and trainer.global_step >= self.max_steps:
+            self.reason = f"trainer.max_steps={self.max_steps}"
+        elif self.max_time is not None and time.monotonic() - self._t0 >= self.max_time.total_seconds():
+            self.reason = f"trainer.max_time={self.max_time}"
+        if self.reason and not trainer.received_sigterm:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's SIGTERM path, as StopOnSignal: stop after this step
 
 
 class StopOnSignal(pl.Callback):

@@ -61,7 +61,10 @@ def announce(record: RunRecord, run_dir: RunDir) -> float | None:
     if record.status == "diverged":
         print(f"{record.what.run_name}: diverged ({record.error}); summary in {run_dir.path}", flush=True)
         return None
+    if record.status == "stopped":
+        print(f"{record.what.run_name}: {record.error}; outputs in {run_dir.path}", flush=True)
+        return None
     res = record.results
-    print(f"{record.what.run_name}: test accuracy {res.test_acc:.2%} (best val {res.best_val_acc:.2%}); "
-          f"outputs in {run_dir.path}", flush=True)
+    best = f"best val {res.best_val_acc:.2%}" if res.best_val_acc is not None else "no validation ran"
+    print(f"{record.what.run_name}: test accuracy {res.test_acc:.2%} ({best}); outputs in {run_dir.path}", flush=True)
     return res.test_acc

@@ -174,6 +174,13 @@ class Classifier(pl.LightningModule):
     def on_train_start(self):
         bar = self.trainer.progress_bar_callback
         self._show_progress = bar is not None and bar.is_enabled
+        # Resumed mid-epoch (Lightning does not start that epoch again): its training sums so far
+        resumed, self._resumed_sums = getattr(self, "_resumed_sums", None), None
+        if resumed is not None and resumed[0] == self.current_epoch:
+            rows = resumed[1]
+            mine = (rows[self.global_rank] if len(rows) == self.trainer.world_size
+                    else rows.sum(0) if self.global_rank == 0 else torch.zeros_like(rows[0]))
+            self._train = mine.to(self.device)
 
     def on_train_epoch_start(self):
         self._train, self._images, self._t0 = None, 0, time.perf_counter()
@@ -242,12 +249,17 @@ class Classifier(pl.LightningModule):
         self._eval_end("test")
 
     def on_save_checkpoint(self, checkpoint):
+        # The epoch's training sums so far, every process's (a collective: every process saves),
+        # so a run resumed mid-epoch reports that epoch's loss and accuracy over all its steps.
+        sums = self._train if self._train is not None else torch.zeros(3, device=self.device)
+        rows = self.all_gather(sums).reshape(-1, 3).cpu()
         checkpoint["normlab"] = {"history": self.history, "fit_seconds": self.fit_seconds + self.fit_elapsed(),
-                                 "identity": self.identity}
+                                 "identity": self.identity, "train_sums": (self.current_epoch, rows)}
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("normlab", {})
         self.history, self.fit_seconds = list(state.get("history", [])), state.get("fit_seconds", 0.0)
+        self._resumed_sums = state.get("train_sums")
 
     def on_fit_start(self):
         self._fit_t0 = self._t0 = time.perf_counter()  # a run resumed mid-epoch counts from here

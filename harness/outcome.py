@@ -2,6 +2,8 @@
 
     completed    its budget reached and tested (the run sets its results)
     diverged     the training loss became NaN or infinite: a finding, not a bug; a sweep goes on
+    stopped      trainer.max_time, or trainer.max_steps under an epoch budget, stopped it before
+                 its budget: a checkpoint was saved, a relaunch resumes; not a result
     interrupted  SIGTERM or Ctrl-C: a checkpoint was saved, a relaunch resumes
     failed       anything else, with the error in one line (secrets scrubbed)
     foreign      the directory or checkpoint is another configuration's: nothing is written
@@ -32,6 +34,7 @@ class RunEnd:
     def __init__(self, run_dir: RunDir, record: RunRecord, write: bool = True):
         self.run_dir, self.record, self.write = run_dir, record, write
         self.module = self.trainer = None
+        self.limit = None  # harness.callbacks.StopAtLimit, when the run has a limit
         self.wandb = WandbRun()
         self.started = time.time()
         self.closed = False
@@ -41,6 +44,8 @@ class RunEnd:
 
     def __exit__(self, typ, err, tb) -> bool:
         suppress = self.close(err)
+        if self.record.status == "stopped":
+            return True  # a limit the user set: the run's record says so, the sweep goes on
         if isinstance(err, SIGTERMException):
             raise SystemExit(128 + signal.SIGTERM)
         return suppress
@@ -60,6 +65,11 @@ class RunEnd:
             rec.status, rec.error, rec.diverged_at_step = "diverged", str(err), step
             rec.results.history = history or []
             rec.results.epochs_completed = len(rec.results.history)
+        elif isinstance(err, SIGTERMException) and self.limit is not None and self.limit.reason:
+            rec.status = "stopped"
+            rec.error = (f"stopped by {self.limit.reason} at step {step}, before its budget of "
+                         f"{rec.what.epochs} epochs; relaunch to resume from the checkpoint")
+            rec.results.history = history or []
         elif isinstance(err, SIGTERMException):
             rec.status, rec.error = "interrupted", "stopped by a signal; relaunch to resume from the checkpoint"
             rec.results.history = history or []

@@ -22,6 +22,7 @@ NOT_IDENTITY = (
     "num_threads", "perf", "rerun", "eval", "diagnostics",
     "model.gn_groups",  # a default for norm.num_groups, which the identity holds
     "tags", "ckpt_path",  # labels; a checkpoint of this same run to resume from
+    "trainer.max_time",  # a wall-clock limit: where a run stops, not what it trains (harness.callbacks.StopAtLimit)
 )
 # Keys added after runs had been named, left out of the identity while they hold the value
 # that trains what runs trained before the key existed; so relaunching an older sweep still
@@ -49,6 +50,9 @@ def identity_source(cfg) -> dict:
         node, leaf = _parent(tree, dotted)
         if leaf in node and node[leaf] == neutral:
             del node[leaf]
+    trainer = tree.get("trainer") or {}
+    if trainer.get("max_epochs") != -1:  # an epoch budget: trainer.max_steps only says where the run stops
+        trainer.pop("max_steps", None)
     return tree
 
 

@@ -5,7 +5,7 @@
   and what it ran on;
 - its `results`: test, validation, the per-epoch history, throughput, memory, the statistics
   evaluations, the norm diagnostics;
-- its `status` ("running", "completed", "diverged", "interrupted", "failed") and what else tells
+- its `status` ("running", "completed", "diverged", "stopped", "interrupted", "failed") and what else tells
   how it ended (error, the step it diverged at, the checkpoint it resumed from, debug settings).
 
 summary.json is the record flattened: its keys are the field names, exactly the keys NormLab has
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 SUMMARY_FILE = "summary.json"
-STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+STATUSES = ("running", "completed", "diverged", "stopped", "interrupted", "failed")
 # The three batch sizes a run records (README "Three batch sizes"), and its world size.
 BATCH_KEYS = ("per_device_batch_size", "world_size", "optimization_batch_size", "normalization_batch_size")
 # What the statistics evaluation adds (harness.evaluation), for norms with batch statistics only.

@@ -6,7 +6,7 @@ directory (training, resuming, the dry run, the sweep's failure list, eval.py):
     done      its record says it completed (or diverged, a finding) with this code
     stale     completed, but by another commit (rerun=stale trains it again)
     partial   a checkpoint to resume from
-    failed    it failed or was interrupted, and left no checkpoint
+    failed    it failed, was interrupted or stopped at a limit, and left no checkpoint
     foreign   its record is another configuration's (a different identity): never touched
     to run    nothing yet (or only a summary.json that does not read, set aside when it trains)
 """
@@ -99,7 +99,7 @@ class RunDir:
             return State("stale" if why else "done", f"{detail} ({why})" if why else detail, rec)
         if self.checkpoint.is_file():
             return State("partial", f"resumes from {self.checkpoint}", rec, malformed)
-        if rec is not None and rec.status in ("failed", "interrupted"):
+        if rec is not None and rec.status in ("failed", "stopped", "interrupted"):
             return State("failed", str(rec.error or rec.status)[:300], rec)
         detail = f"{SUMMARY_FILE} does not read ({malformed}): set aside when it trains" if malformed else ""
         return State("to run", detail, rec, malformed)

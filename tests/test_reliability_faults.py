@@ -115,6 +115,38 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_bit_exact_with_one_that_never_s
         assert json.loads((whole / "summary.json").read_text())[key] == json.loads((run_dir / "summary.json").read_text())[key]
 
 
+def test_a_step_limit_stops_a_run_resumably_and_the_resumed_epoch_counts_every_step(tmp_path):
+    """trainer.max_steps under an epoch budget is a limit: the run stops at step 40 (mid epoch
+    2) as `stopped`, not `completed`; relaunched without the limit (the same run: a limit is not
+    part of its identity) it ends as the run that never stopped: the same weights, and epoch 2's
+    training loss and accuracy over all of its steps, not only those after the resume."""
+    whole, run_dir = tmp_path / "whole", tmp_path / "stopped"
+    run_train(*AUGMENTED, f"hydra.run.dir={whole}")
+    stopped = run_train(*AUGMENTED, "++trainer.max_steps=40", f"hydra.run.dir={run_dir}")
+    assert "stopped by trainer.max_steps=40 at step 40, before its budget of 2 epochs" in stopped.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary.get("test_acc") is None
+    assert summary["identity"] == json.loads((whole / "summary.json").read_text())["identity"]
+    relaunch = run_train(*AUGMENTED, f"hydra.run.dir={run_dir}")
+    assert "(step 40)" in relaunch.stdout
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (whole, run_dir))
+    assert b["status"] == "completed" and a["test_acc"] == b["test_acc"]
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert [h[key] for h in a["history"]] == [h[key] for h in b["history"]], key
+    with open(whole / "metrics.csv") as f, open(run_dir / "metrics.csv") as g:
+        header_a, header_b = next(csv.reader(f)), next(csv.reader(g))
+    assert header_a == header_b  # every column, across the resume
+
+
+def test_a_time_limit_stops_a_run_as_stopped_never_completed(tmp_path):
+    proc = run_train(*RUN, "trainer.max_epochs=50", "++trainer.max_time=00:00:00:01", "logger=csv",
+                     f"hydra.run.dir={tmp_path}")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "trainer.max_time=0:00:01" in summary["error"], summary
+    assert summary.get("test_acc") is None and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A file system of its own (tmpfs) that the test can fill: needs the right to mount."""

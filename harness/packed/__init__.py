@@ -50,9 +50,11 @@ def why_alone(cfg: DictConfig) -> str | None:
         return f"trainer.precision={precision}: a pack trains in {' or '.join(PRECISIONS)}"
     if build.debug_settings(cfg):
         return f"a debug run ({', '.join(build.debug_settings(cfg))})"
-    for key in ("accumulate_grad_batches", "gradient_clip_val", "max_time", "val_check_interval"):
+    for key in ("accumulate_grad_batches", "gradient_clip_val", "val_check_interval"):
         if trainer.get(key) not in (None, 1, 1.0, 0, 0.0) and not (key == "accumulate_grad_batches" and trainer.get(key) == 1):
             return f"trainer.{key}: the pack's loop does not implement it"
+    if build.stop_limit(cfg) is not None:
+        return "trainer.max_time or trainer.max_steps (under an epoch budget) is a limit the pack's loop does not implement"
     if cfg.perf.get("compile") or cfg.perf.get("channels_last"):
         return "perf.compile and perf.channels_last apply to a network trained alone"
     if cfg.get("ckpt_path"):
