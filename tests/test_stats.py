@@ -1,4 +1,5 @@
-"""results.stats against values computed here from the textbook formulas, not from the code under test."""
+"""results.stats and results.power against values computed here from the textbook formulas (or a fixed-seed
+simulation), not from the code under test."""
 import dataclasses
 import itertools
 import math
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from results.stats import CONFIDENCE, Comparison, Summary, compare, holm, significant, summarize
+from results.power import detectable_difference, seeds_needed, welch_power
+from results.stats import (CONFIDENCE, Comparison, Summary, compare, equivalence_interval, holm, holm_interval,
+                           permutation_interval, significant, summarize, tost)
 
 CELL = [23.1, 24.0, 22.7, 23.8, 24.4]          # test errors (%) of one cell, 5 seeds
 A = [21.3, 21.9, 22.4, 21.6]                   # two cells with different n and spread: Welch != Student
@@ -216,3 +219,118 @@ def test_significant():
     assert significant(0.009, alpha=0.01) and not significant(0.02, alpha=0.01)
     assert significant(holm([0.025, 0.5])[0] - 1e-12) and not significant(holm([0.025, 0.5])[0])   # exactly 0.05
     assert 1 - CONFIDENCE == pytest.approx(0.05)
+
+
+# --- bounded intervals ---------------------------------------------------------------------------------
+
+def test_t_interval_of_an_error_rate_is_truncated_to_its_range_with_the_mean_inside():
+    for values in ([0.5, 1.0, 60.0], [99.0, 99.5, 40.0]):   # a diverged seed: the plain t interval leaves [0, 100]
+        m, s = mean_sd(values)
+        half = student_t.ppf(0.975, 2) * s / math.sqrt(3)
+        assert m - half < 0 or m + half > 100
+        got = summarize(values, bounds=(0.0, 100.0))
+        assert (got.ci_low, got.ci_high) == (pytest.approx(max(m - half, 0.0)), pytest.approx(min(m + half, 100.0)))
+        assert 0.0 <= got.ci_low <= got.mean <= got.ci_high <= 100.0
+    assert summarize(CELL, bounds=(0.0, 100.0)) == summarize(CELL)   # inside the range: unchanged
+
+
+# --- intervals the decisions used: Holm-adjusted, TOST, permutation ------------------------------------
+
+def welch_parts(a, b):
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    va, vb = sa**2 / len(a), sb**2 / len(b)
+    return ma - mb, math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+
+
+def test_holm_interval_is_welchs_at_the_adjusted_level_and_excludes_zero_exactly_when_holm_rejects():
+    rng = np.random.default_rng(1)
+    decided = set()
+    for _ in range(60):
+        cells = [list(rng.normal(20 + shift, 1.0, size=3)) for shift in rng.uniform(0, 6, size=4)]
+        best = cells[0]
+        results = [compare(c, best) for c in cells[1:]]
+        adjusted = holm([r.p_value for r in results])
+        for cell, r, q in zip(cells[1:], results, adjusted):
+            diff, se, df = welch_parts(cell, best)
+            level = 0.05 * r.p_value / q   # the level Holm's step-down held this p to
+            half = student_t.ppf(1 - level / 2, df) * se
+            low, high = holm_interval(r, q)
+            assert (low, high) == (pytest.approx(diff - half), pytest.approx(diff + half))
+            excludes_zero = low > 0 or high < 0
+            assert excludes_zero == (q < 0.05)
+            decided.add(excludes_zero)
+    assert decided == {True, False}   # both kinds of decision were exercised
+
+
+def test_tost_matches_two_one_sided_tests_by_formula():
+    a, b = [10.02, 10.12, 9.92, 10.07, 9.97], [10.0, 10.1, 9.9, 10.05, 9.95]
+    diff, se, df = welch_parts(a, b)
+    for margin in (1.0, 0.2, 0.01):
+        p_lower = student_t.sf((diff + margin) / se, df)    # H0: diff <= -margin
+        p_upper = student_t.cdf((diff - margin) / se, df)   # H0: diff >= +margin
+        got = tost(compare(a, b), margin)
+        assert got == pytest.approx(max(p_lower, p_upper))
+        half = student_t.ppf(0.95, df) * se   # TOST at 0.05 is the 90% interval inside +-margin
+        low, high = equivalence_interval(compare(a, b), got, got)
+        assert (low, high) == (pytest.approx(diff - half), pytest.approx(diff + half))
+        assert (got < 0.05) == (-margin < low and high < margin)
+    assert tost(compare([1.0, 1.0], [2.0, 2.0]), 1.0) is None   # undefined, not certain
+
+
+def test_permutation_interval_is_the_set_of_shifts_the_test_does_not_reject():
+    a, b = [21.3, 21.9, 22.4, 21.6, 23.0], [23.0, 25.8, 22.1, 24.9, 26.3]
+    low, high = permutation_interval(a, b, 0.05)
+    # By brute force: every shift on a fine grid, tested by full enumeration of the 252 splits.
+    splits = np.array(list(itertools.combinations(range(10), 5)))
+
+    def p_shifted(d):
+        pooled = np.array([x - d for x in a] + b)
+        left = pooled[splits].mean(axis=1)
+        diffs = np.abs(left - (pooled.sum() - 5 * left) / 5)
+        return (diffs >= diffs[0] - 1e-9).mean()   # splits[0] is the observed one (a first)
+
+    grid = np.arange(-8.0, 4.0, 0.01)
+    kept = [d for d in grid if p_shifted(d) >= 0.05]
+    assert low == pytest.approx(min(kept), abs=0.011) and high == pytest.approx(max(kept), abs=0.011)
+    # 3 vs 3: no p below 0.1, so at 0.05 no shift is ever rejected: nothing bounds the difference
+    assert permutation_interval([10, 11, 12], [20, 21, 22], 0.05) == (None, None)
+
+
+# --- power and the seeds a comparison needs ------------------------------------------------------------
+
+def power_by_integral(diff, sa, sb, na, nb, alpha=0.05):
+    """Welch's power from the definition of the noncentral t: T = (Z + d) / sqrt(V / df), V ~ chi2(df)."""
+    from scipy.integrate import quad
+    from scipy.stats import chi2, norm
+    va, vb = sa**2 / na, sb**2 / nb
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    c, d = student_t.ppf(1 - alpha / 2, df), abs(diff) / math.sqrt(va + vb)
+    return quad(lambda v: (norm.cdf(d - c * math.sqrt(v / df)) + norm.cdf(-d - c * math.sqrt(v / df)))
+                * chi2.pdf(v, df), chi2.ppf(1e-12, df), chi2.isf(1e-12, df), limit=200)[0]
+
+
+@pytest.mark.parametrize("diff,sa,sb,na,nb", [(1.5, 1.0, 1.0, 3, 3), (2.0, 0.6, 1.4, 3, 5), (0.4, 0.8, 0.5, 10, 10)])
+def test_welch_power_matches_the_noncentral_t_by_integration(diff, sa, sb, na, nb):
+    assert welch_power(diff, sa, sb, na, nb) == pytest.approx(power_by_integral(diff, sa, sb, na, nb), abs=1e-6)
+
+
+def test_detectable_difference_has_80_percent_power():
+    for sa, sb, n in ((1.0, 1.0, 3), (0.6, 1.4, 5), (2.0, 0.5, 8)):
+        d = detectable_difference(sa, sb, n, n)
+        assert power_by_integral(d, sa, sb, n, n) == pytest.approx(0.8, abs=1e-5)
+    assert detectable_difference(0.0, 0.0, 3, 3) is None and detectable_difference(None, 1.0, 3, 3) is None
+
+
+def test_seeds_needed_is_the_first_n_with_80_percent_power_and_a_simulation_agrees():
+    diff, sa, sb = 1.2, 1.0, 1.3
+    n = seeds_needed(diff, sa, sb)
+    assert power_by_integral(diff, sa, sb, n, n) >= 0.8 > power_by_integral(diff, sa, sb, n - 1, n - 1)
+    # Welch tests on simulated cells of that size reject about 80% of the time (fixed seed).
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(diff, sa, size=(20000, n)), rng.normal(0.0, sb, size=(20000, n))
+    from scipy.stats import ttest_ind
+    rejected = (ttest_ind(x, y, axis=1, equal_var=False).pvalue < 0.05).mean()
+    assert rejected == pytest.approx(power_by_integral(diff, sa, sb, n, n), abs=0.015)
+    assert all(welch_power(diff, sa, sb, m, m) == pytest.approx(1.0) for m in (250, 300, 375))  # scipy's nct: nan
+    assert seeds_needed(0.001, 1.0, 1.0) is None   # beyond MOST_SEEDS: not worth chasing
+    assert seeds_needed(1.0, 0.0, 0.0) is None
