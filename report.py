@@ -3,11 +3,13 @@
     python report.py runs/quick                      # writes runs/quick/report/
     python report.py runs/norm_vs_batch out_dir=/tmp/report wandb.mode=disabled
     python report.py runs/sweep select=optim.lr baseline=bn rows=norm facet=model ci=bootstrap
+    python report.py runs/quick_zoo contrasts="gn conv=ws@2 vs bn@32" equivalence_margin=1 plan=true
 
 Reads only local files (each run's summary.json, or its .hydra/config.yaml when it never got
 that far, and the sweep's multirun.yaml for the seeds asked for) and writes the Findings,
-batch_sensitivity.png, convergence.png, results.md, results.csv, comparisons.csv, runs.csv
-and index.html. Runs are averaged only when they differ in nothing but the seed; every number
+batch_sensitivity.png, convergence.png, performance_profile.png, results.md, results.csv,
+comparisons.csv, runs.csv, aggregate.csv, improvement.csv (plan.csv with plan=true) and
+index.html. Runs are averaged only when they differ in nothing but the seed; every number
 carries its 95% confidence interval. results/ does the work (results/__init__.py).
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from results.config import register
 
 register()
 LIST_OPTIONS = ("rows", "cols", "facet", "select")  # comma-separated keys
+CONTRASTS = "contrasts"  # comma-separated '<series>@<column> vs <series>@<column>', or a Hydra list
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="report")
@@ -31,9 +34,14 @@ def main(cfg: DictConfig) -> None:
         make_report(cfg)
 
 
+def _quoted(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _cli(argv: list[str]) -> list[str]:
     """`report.py runs/quick` means `runs_dir=runs/quick`; `select=a,b` is one option with two
-    keys (Hydra would read the comma as a sweep)."""
+    keys (Hydra would read the comma as a sweep); `contrasts=gn@2 vs bn@32,ln@8 vs bn@8` is a
+    list of two contrasts (spaces, `=` and `@` inside are the labels' own)."""
     out = list(argv[:1])
     for arg in argv[1:]:
         key, eq, value = arg.partition("=")
@@ -41,6 +49,8 @@ def _cli(argv: list[str]) -> list[str]:
             arg = f"runs_dir={arg}"
         elif eq and key in LIST_OPTIONS and "," in value and value[:1] not in "'\"[":
             arg = f"{key}='{value}'"
+        elif eq and key == CONTRASTS and value.strip()[:1] != "[":
+            arg = f"{key}=[{','.join(_quoted(c.strip()) for c in value.split(',') if c.strip())}]"
         out.append(arg)
     return out
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -27,6 +27,9 @@ class ReportConfig:
     baseline: Optional[str] = None  # a series every other is compared with: bn
     ci: str = "t"  # t or bootstrap
     test: str = "welch"  # welch or permutation
+    equivalence_margin: float = 1.0  # points of test error: "equivalent" only when a TOST within it passes
+    contrasts: Optional[List[str]] = None  # pre-specified: ["gn conv=ws@2 vs bn@32"], in the table's Holm family
+    plan: bool = False  # plan.csv: seeds per side the undecided comparisons need, and the command to add them
     include_debug: bool = False  # runs with fast_dev_run, limit_*_batches, ... (never results)
     timing: bool = False  # time every cell's configuration in turns, in this process
     timing_rounds: int = 5

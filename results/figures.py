@@ -1,4 +1,5 @@
-"""The report's figures: test error against the column key (batch size), and convergence.
+"""The report's figures: test error against the column key (batch size), convergence, and the
+performance profile across columns.
 
 Error bars and bands are 95% confidence intervals of the mean over seeds (Student t), never
 ± std; series at one batch size are dodged so their bars do not hide each other.
@@ -16,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 from . import stats  # noqa: E402
-from .analysis import Analysis, column_name  # noqa: E402
+from .aggregate import profile  # noqa: E402
+from .analysis import ERROR_BOUNDS, Analysis, column_name  # noqa: E402
 from .runs import step_curve  # noqa: E402
 from .series import is_numeric  # noqa: E402
 
@@ -63,11 +65,11 @@ def plot_sensitivity(path: Path, analyses: list[Analysis], cols_key: str, title:
     plt.close(fig)
 
 
-def _band(curves: list[list[tuple[float, float]]]):
-    """x, mean, CI low, CI high over the curves that have a value at each x."""
+def _band(curves: list[list[tuple[float, float]]], bounds=None):
+    """x, mean, CI low, CI high over the curves that have a value at each x (inside `bounds`)."""
     xs = sorted({x for c in curves for x, _ in c})
     by_x = [[v for c in curves for x2, v in c if x2 == x] for x in xs]
-    summaries = [stats.summarize(v) for v in by_x]
+    summaries = [stats.summarize(v, bounds=bounds) for v in by_x]
     mean = [s.mean for s in summaries]
     low = [s.ci_low if s.ci_low is not None else s.mean for s in summaries]
     high = [s.ci_high if s.ci_high is not None else s.mean for s in summaries]
@@ -97,11 +99,11 @@ def plot_convergence(path: Path, a: Analysis, cols_key: str) -> None:
             val = [[(h["epoch"], 100 * (1 - h["val/acc"])) for h in r.history if h.get("val/acc") is not None]
                    for r in runs]
             train = [_train_curve(r) for r in runs]
-            for row, curves, marker in ((0, val, "o"), (1, train, None)):
+            for row, curves, marker, bounds in ((0, val, "o", ERROR_BOUNDS), (1, train, None, None)):
                 curves = [cv for cv in curves if cv]
                 if not curves:
                     continue
-                xs, mean, low, high = _band(curves)
+                xs, mean, low, high = _band(curves, bounds)
                 max_epoch = max(max_epoch, math.ceil(max(xs)))
                 axes[row, j].plot(xs, mean, marker=marker, markersize=3, color=colors[s], label=t.labels[s])
                 if len(curves) > 1:
@@ -121,5 +123,33 @@ def plot_convergence(path: Path, a: Analysis, cols_key: str) -> None:
     fig.suptitle(f"{t.title + ': ' if t.title else ''}mean over seeds" +
                  (" with 95% CI bands" if seeds > 1 else " (one seed: no band)"), fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_profile(path: Path, analyses: list[Analysis]) -> None:
+    """Per series, the fraction of its runs with test error <= tau (averaged over columns; a failed
+    run never counts), with a 95% stratified-bootstrap band: one panel per facet."""
+    fig, axes = plt.subplots(1, len(analyses), figsize=(6.5 * len(analyses), 4.2), dpi=120, squeeze=False, sharey=True)
+    for ax, a in zip(axes[0], analyses, strict=True):
+        errors = [e for cell in a.table.cells.values() for e in cell.errors]
+        if not errors:
+            continue
+        pad = max(0.5, 0.05 * (max(errors) - min(errors)))
+        taus = np.linspace(max(0.0, min(errors) - pad), min(100.0, max(errors) + pad), 300)
+        colors = _colors([a.table.labels[s] for s in a.table.series])
+        for label, (fraction, low, high) in profile(a, taus).items():
+            ax.step(taus, fraction, where="post", color=colors[label], label=label)
+            ax.fill_between(taus, low, high, step="post", color=colors[label], alpha=0.15, linewidth=0)
+        ax.set_xlabel("test error τ (%)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if a.table.title:
+            ax.set_title(a.table.title, fontsize=10)
+        ax.legend(title="series", fontsize=8, loc="lower right")
+    axes[0, 0].set_ylabel("fraction of runs with test error ≤ τ")
+    fig.suptitle("Performance profile over all columns\n(95% stratified-bootstrap bands; a failed run never reaches τ)",
+                 fontsize=10)
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

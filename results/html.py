@@ -5,7 +5,7 @@ import html
 from pathlib import Path
 from string import Template
 
-from .tables import BEST, TIED, marker
+from .tables import BEST, EQUIVALENT_MARK, UNDECIDED_MARK, marker
 
 TEMPLATE = Path(__file__).with_name("template.html")
 
@@ -29,13 +29,15 @@ def results_classes(analysis):
     def classes(i, j):
         s, c = t.series[i], t.columns[j - 1]
         mark = marker(analysis, s, c)
-        return "best" if mark == BEST else "tied" if mark == TIED else "problem" if t.cells[s, c].problems else ""
+        kinds = {BEST: "best", EQUIVALENT_MARK: "equivalent", UNDECIDED_MARK: "undecided"}
+        return kinds.get(mark) or ("problem" if t.cells[s, c].problems else "")
     return classes
 
 
 def write_html(path: Path, title: str, findings: list[str], method: str, results: list[str], comparisons: str,
                cost_note: str, cost: str, convergence: list[str], runs, why: str = "", why_figures=(),
-               why_note: str = "") -> None:
+               why_note: str = "", legend: str = "", plan: str = "", aggregate_note: str = "",
+               aggregate: str = "") -> None:
     problems = "".join(
         f"<li>{html.escape(r.label)} batch {html.escape(str(r.config.get('data.batch_size')))} seed {r.seed}: "
         f"<b>{html.escape(r.status)}</b>{' — ' + html.escape(r.error) if r.error else ''} "
@@ -44,7 +46,9 @@ def write_html(path: Path, title: str, findings: list[str], method: str, results
                      for p in convergence)
     path.write_text(Template(TEMPLATE.read_text()).substitute(
         title=html.escape(title), findings="".join(f"<li>{html.escape(f)}</li>" for f in findings),
-        method=html.escape(method), best=BEST, tied=TIED, results="".join(results), comparisons=comparisons,
+        method=html.escape(method), legend=html.escape(legend), results="".join(results), comparisons=comparisons,
+        plan=f"<h2>Plan</h2><pre id=\"plan\">{html.escape(plan)}</pre>" if plan else "",
+        aggregate_note=html.escape(aggregate_note), aggregate=aggregate,
         cost_note=html.escape(cost_note), cost=cost, convergence=images, problems=problems or "<li>none</li>",
         why=(f"<h2>Why</h2><p>{html.escape(why_note)}</p>{why}"
              + "".join(f'<img id="{Path(p).stem}" src="{html.escape(p)}" alt="why">' for p in why_figures))

@@ -6,13 +6,17 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from . import stats
-from .analysis import analyse, findings
-from .figures import plot_convergence, plot_sensitivity
+from .aggregate import aggregates, improvements
+from .analysis import analyse, parse_contrast, resolve_contrast
+from .figures import plot_convergence, plot_profile, plot_sensitivity
+from .findings import findings
 from .html import results_classes, table_html, write_html
+from .plan import advice, needs, write_plan_csv
 from .publish import log_to_wandb
 from .runs import read_runs, requested_seeds
 from .series import make_layout, tables, varying_keys
-from .tables import comparison_rows, cost_rows, markdown, results_rows, write_comparisons_csv, write_results_csv, write_runs_csv
+from .tables import (LEGEND, aggregate_rows, comparison_rows, cost_rows, improvement_rows, markdown, results_rows,
+                     write_aggregate_csv, write_comparisons_csv, write_improvement_csv, write_results_csv, write_runs_csv)
 from .timing import interleaved
 from .why import plot_drift, plot_noise, why_findings, why_rows
 
@@ -29,14 +33,53 @@ WHY_NOTE = ("For norms with batch statistics: test error with the running statis
             "each norm's layer inputs moved between measurements during training.")
 
 
+AGGREGATE_NOTE = ("Across the columns, per series (rliable's recommendations, computed with numpy/scipy): the "
+                  "interquartile mean (IQM) of test error over the completed runs with a 95% stratified-bootstrap "
+                  "interval (runs resampled within each cell), and the runs that did not complete, counted; the "
+                  "probability that a run of one series has lower test error than a run of the other at the same "
+                  "column (averaged over columns, 95% stratified-bootstrap interval); performance_profile.png: the "
+                  "fraction of runs at or below each test error, a failed run counting as never. A summary across "
+                  "batch sizes, beside the per-column tests, not instead of them. With 3 runs per cell, a probability "
+                  "interval of [1.00, 1.00] means every run of X beat every run of Y at every column: complete "
+                  "separation in these runs, which the bootstrap cannot see past, not certainty.")
+
+
 def _check_choice(name: str, value: str, valid) -> None:
     if value not in valid:
         raise ValueError(f"{name}={value}: valid values are {', '.join(valid)}")
 
 
+def _contrasts(cfg: DictConfig) -> list[str]:
+    """The contrasts typed, each parsed once here so that a malformed one fails before any work."""
+    contrasts = [str(c) for c in (cfg.contrasts or [])]
+    for text in contrasts:
+        parse_contrast(text)
+    return contrasts
+
+
+def _method(cfg: DictConfig, runs: int) -> str:
+    interval = ("Student t, truncated to [0, 100], the range of an error rate (truncation keeps the coverage: the "
+                "true mean is inside)" if cfg.ci == "t" else "percentile bootstrap (inside the runs' range)")
+    test = "Welch t-test" if cfg.test == "welch" else "exact permutation test"
+    held = "Welch's" if cfg.test == "welch" else "the permutation test's, inverted"
+    return (f"{runs} runs; a cell holds runs that differ only by seed. Cell intervals: 95% {interval}, of the mean. "
+            f"Each comparison: {test}, Holm-adjusted over the table's family (every series against the best and the "
+            f"baseline at each column, and the contrasts; each pair of cells once) and, separately, over the column "
+            f"effects; its interval is {held} at the Holm-adjusted level (0.05 × p / Holm p), which excludes 0 "
+            f"exactly when Holm p < 0.05. Equivalent: two one-sided Welch tests (TOST) within "
+            f"±{cfg.equivalence_margin:g} points, Holm-adjusted: the Holm-adjusted 90% CI lies inside the margin. "
+            "Not distinguishable: neither shown; not the same as equal. \"Detects about X points\": the difference "
+            "a two-sided Welch test finds with 80% power at the cells' n and spreads, at the level Holm held that "
+            "comparison to.")
+
+
 def make_report(cfg: DictConfig) -> Path:
     _check_choice("ci", cfg.ci, stats.CI_METHODS)
     _check_choice("test", cfg.test, stats.TESTS)
+    if not cfg.equivalence_margin > 0:
+        raise ValueError(f"equivalence_margin={cfg.equivalence_margin:g}: must be a positive number of points of test "
+                         "error, e.g. equivalence_margin=1")
+    contrasts = _contrasts(cfg)
     runs_dir = Path(cfg.runs_dir).expanduser().resolve()
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"runs directory {runs_dir} does not exist")
@@ -45,8 +88,15 @@ def make_report(cfg: DictConfig) -> Path:
     if not runs:
         raise FileNotFoundError(f"no runs (summary.json or .hydra/config.yaml) found under {runs_dir}")
     layout = make_layout(runs, cols=cfg.cols, rows=cfg.rows, facet=cfg.facet, select=cfg.select)
-    all_tables = tables(runs, layout, requested_seeds(runs_dir))
-    analyses = [analyse(t, ci=cfg.ci, test=cfg.test, baseline=cfg.baseline) for t in all_tables]
+    seeds = requested_seeds(runs_dir)
+    all_tables = tables(runs, layout, seeds)
+    for text in contrasts:
+        if not any(resolve_contrast(t, parse_contrast(text)) for t in all_tables):
+            t = all_tables[0]
+            raise ValueError(f"contrasts: {text!r}: no table has both cells; series: {', '.join(t.labels.values())}; "
+                             f"columns: {', '.join(map(str, t.columns))}")
+    analyses = [analyse(t, ci=cfg.ci, test=cfg.test, baseline=cfg.baseline, contrasts=contrasts,
+                        margin=cfg.equivalence_margin) for t in all_tables]
     out_dir.mkdir(parents=True, exist_ok=True)
 
     experiment = runs_dir.name
@@ -61,10 +111,7 @@ def make_report(cfg: DictConfig) -> Path:
         found.insert(0, f"Caution: {len(mixed)} cell(s) pool runs trained by different commits of NormLab "
                         f"({', '.join(mixed[:4])}{', ...' if len(mixed) > 4 else ''}); relaunch the sweep with "
                         "rerun=stale to retrain the older ones.")
-    method = (f"{len(runs)} runs; a cell holds runs that differ only by seed. Intervals: 95% "
-              f"{'Student t' if cfg.ci == 't' else 'percentile bootstrap'} of the mean; tests: "
-              f"{'Welch t-test' if cfg.test == 'welch' else 'exact permutation test'}, Holm-adjusted per table "
-              f"(the intervals of differences are not adjusted).")
+    method = _method(cfg, len(runs))
     if layout.select:
         method += (f" Tuned per cell and seed on validation error (test error never used to choose): "
                    f"{', '.join(layout.select)}.")
@@ -90,8 +137,24 @@ def make_report(cfg: DictConfig) -> Path:
     write_results_csv(out_dir / "results.csv", analyses, layout)
     write_comparisons_csv(out_dir / "comparisons.csv", analyses)
     write_runs_csv(out_dir / "runs.csv", runs, varying_keys(runs))
+    summed = [(a, aggregates(a), improvements(a)) for a in analyses]
+    write_aggregate_csv(out_dir / "aggregate.csv", summed)
+    write_improvement_csv(out_dir / "improvement.csv", summed)
+    plot_profile(out_dir / "performance_profile.png", analyses)
+    plan = ""
+    (out_dir / "plan.csv").unlink(missing_ok=True)  # never an earlier report's plan beside this one
+    if cfg.plan:
+        undecided = needs(analyses, layout.cols)
+        write_plan_csv(out_dir / "plan.csv", undecided)
+        plan = advice(undecided, runs_dir, seeds or sorted({r.seed for r in runs if r.seed is not None}),
+                      sum(len(a.table.cells) for a in analyses))
 
-    md, html_results, html_comparisons, html_costs = [], [], [], []
+    md, html_results, html_comparisons, html_costs, md_aggregate, html_aggregate = [], [], [], [], [], []
+    for a, agg, imp in summed:
+        heading = f"### {a.table.title}\n\n" if a.table.title else ""
+        md_aggregate.append(f"{heading}{markdown(*aggregate_rows(agg))}\n\n{markdown(*improvement_rows(imp))}\n")
+        html_aggregate.append((f"<h3>{a.table.title}</h3>" if a.table.title else "") + table_html(
+            *aggregate_rows(agg), "aggregate") + table_html(*improvement_rows(imp), "improvement"))
     for a in analyses:
         timing = None
         if cfg.timing:
@@ -107,16 +170,21 @@ def make_report(cfg: DictConfig) -> Path:
         html_comparisons.append(table_html(*comparisons, "comparisons"))
         html_costs.append(table_html(*cost, "cost"))
     cost_note = RUNS_COST + (" " + TIMED_COST if cfg.timing else " Run report.py with timing=true to time them fairly.")
+    interval = "Student t truncated to [0, 100]" if cfg.ci == "t" else "percentile bootstrap"
+    legend = (f"Test error (%): mean [95% CI, {interval}] (n = completed seeds); "
+              + LEGEND.format(margin=cfg.equivalence_margin) + ".")
     (out_dir / "results.md").write_text(
         f"# {title}\n\n## Findings\n\n" + "\n".join(f"- {f}" for f in found) + f"\n\n{method}\n\n"
-        "Test error (%): mean [95% CI] (n = completed seeds); ★ lowest mean at the column; ≈ not significantly "
-        "different from it.\n\n## Results\n\n" + "\n".join(md) + f"\n{cost_note}\n\n"
-        "![batch sensitivity](batch_sensitivity.png)\n\n" + "".join(f"![convergence]({c})\n\n" for c in convergence)
+        + (f"## Plan\n\n{plan}\n\n" if plan else "") + f"## Results\n\n{legend}\n\n" + "\n".join(md)
+        + f"\n{cost_note}\n\n## Across columns\n\n{AGGREGATE_NOTE}\n\n" + "\n".join(md_aggregate)
+        + "\n![performance profile](performance_profile.png)\n\n![batch sensitivity](batch_sensitivity.png)\n\n"
+        + "".join(f"![convergence]({c})\n\n" for c in convergence)
         + (f"## Why\n\n{WHY_NOTE}\n\n" + "\n".join(why_md) + "\n" + "".join(f"![why]({f})\n\n" for f in why_figures)
            if why_md or why_figures else ""))
     write_html(out_dir / "index.html", title, found, method, html_results, "".join(html_comparisons), cost_note,
                "".join(html_costs), convergence, runs, why="".join(why_html), why_figures=why_figures,
-               why_note=WHY_NOTE if why_md or why_figures else "")
+               why_note=WHY_NOTE if why_md or why_figures else "", legend=legend, plan=plan,
+               aggregate_note=AGGREGATE_NOTE, aggregate="".join(html_aggregate))
 
     print(f"\n{title}\n\nFindings:")
     for f in found:
@@ -128,6 +196,8 @@ def make_report(cfg: DictConfig) -> Path:
         cell.problems.get("missing", 0) for a in analyses for cell in a.table.cells.values())
     if problems:
         print(f"\n{problems} run(s) did not complete or are missing; see the table and {out_dir / 'index.html'}")
+    if plan:
+        print(f"\n{plan}")
     log_to_wandb(cfg, out_dir, title, experiment, found)
     print(f"\nreport: {out_dir / 'index.html'}")
     return out_dir

@@ -18,7 +18,8 @@ def _table(path: Path):
 
 
 def log_to_wandb(cfg: DictConfig, out_dir: Path, title: str, experiment: str, findings: list[str]) -> str | None:
-    """The figures, results.csv, comparisons.csv and runs.csv as W&B images and tables."""
+    """The figures and the CSV tables (results, comparisons, runs, aggregate, improvement, plan) as W&B
+    images and tables."""
     run = start_run(cfg.wandb.mode, cfg.wandb.init_timeout, what="W&B report", project=cfg.wandb.project,
                     entity=cfg.wandb.entity, job_type="report", group=experiment, name=f"report-{experiment}",
                     dir=str(out_dir), config={"experiment": experiment})
@@ -27,8 +28,9 @@ def log_to_wandb(cfg: DictConfig, out_dir: Path, title: str, experiment: str, fi
     import wandb
 
     images = {p.stem: wandb.Image(str(p), caption=title) for p in sorted(out_dir.glob("*.png"))}
-    run.log({**images, "results": _table(out_dir / "results.csv"), "comparisons": _table(out_dir / "comparisons.csv"),
-             "runs": _table(out_dir / "runs.csv"),
+    names = ("results", "comparisons", "runs", "aggregate", "improvement", "plan")
+    tables = {name: _table(out_dir / f"{name}.csv") for name in names if (out_dir / f"{name}.csv").is_file()}
+    run.log({**images, **tables,
              "findings": wandb.Table(columns=["finding"], data=[[f] for f in findings])})
     run.finish()
     return run.id

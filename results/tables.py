@@ -1,19 +1,24 @@
 """The report's tables: as rows of text for results.md and index.html, and as CSV files.
 
-results.csv   one row per cell: n, mean, std, 95% CI, best/tied markers, problems, the series keys
-comparisons.csv  one row per comparison: difference, its CI, p, Holm-adjusted p, significant
+results.csv   one row per cell: n, mean, std, 95% CI, best marker and verdict against the best, problems, the series keys
+comparisons.csv  one row per comparison: difference, its CIs (unadjusted, Holm-adjusted, TOST's), p, Holm p, verdict
 runs.csv      one row per run: every varying key, status, seed, errors: the tidy table for pandas
+aggregate.csv, improvement.csv  across columns: IQM and failures per series, P(X < Y) per pair
 """
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from .analysis import Analysis, column_name
+from .analysis import EQUIVALENT, UNDECIDED, UNTESTABLE, Analysis, column_name, where
 from .runs import Run, as_json
 from .series import MISSING
 
-BEST, TIED = "★", "≈"
+BEST, EQUIVALENT_MARK, UNDECIDED_MARK = "★", "≈", "?"
+MARKS = {"best": BEST, EQUIVALENT: EQUIVALENT_MARK, UNDECIDED: UNDECIDED_MARK, UNTESTABLE: UNTESTABLE}
+LEGEND = ("★ lowest mean at the column; ≈ equivalent to it within ±{margin:g} (points of test error; Holm-adjusted "
+          "TOST); ? not distinguishable from it with these seeds (neither higher nor shown equivalent); untestable: a cell "
+          "with fewer than two runs; no mark: higher than it (Holm-adjusted)")
 
 
 def _fmt(value, digits=2) -> str:
@@ -41,9 +46,8 @@ def _spread(values: list, write) -> str:
 
 
 def marker(a: Analysis, s, c) -> str:
-    if s in a.best.get(c, ()):
-        return BEST
-    return TIED if a.tied(s, c) else ""
+    """★, ≈, ?, "untestable" or nothing (higher than the best), from the verdict against the best."""
+    return MARKS.get(a.verdict(s, c), "")
 
 
 def cell_text(a: Analysis, s, c) -> str:
@@ -68,19 +72,24 @@ def results_rows(a: Analysis, cols_key: str) -> tuple[list[str], list[list[str]]
     return head, body
 
 
+def _interval(low, high) -> str:
+    return "—" if low is None or high is None else f"[{low:.2f}, {high:.2f}]"
+
+
 def comparison_rows(a: Analysis, cols_key: str) -> tuple[list[str], list[list[str]]]:
-    head = ["at", "series", "against", "difference (points)", "95% CI", "p", "Holm p", "significant", "n"]
+    """Every comparison with the intervals its decisions used: the Holm-adjusted 95% CI for
+    higher/lower, the Holm-adjusted 90% CI for the TOST; the unadjusted 95% CI beside, labelled."""
+    head = ["at", "series", "against", "difference (points)", "95% CI, unadjusted", "p, unadjusted",
+            "95% CI, Holm-adjusted", "Holm p", f"90% CI, Holm-adjusted (TOST ±{a.margin:g})", "TOST Holm p", "verdict", "n",
+            "detects (80 % power)"]
     body = []
     for r in [*a.comparisons, *a.effects]:
         res = r.result
-        at = (f"{column_name(cols_key, r.column[0])} vs {r.column[1]}" if r.kind == "column effect"
-              else column_name(cols_key, r.column))
         against = "itself" if r.kind == "column effect" else f"{r.b} ({r.kind})"
-        body.append([at, r.a, against, f"{res.diff_mean:+.2f}",
-                     f"[{res.ci_low:.2f}, {res.ci_high:.2f}]" if res.ci_low is not None else "—",
-                     _fmt(res.p_value, 3) or "—", _fmt(r.p_holm, 3) or "—",
-                     ("yes" if r.significant else "no") if r.p_holm is not None else "not testable",
-                     f"{res.n_a}, {res.n_b}"])
+        body.append([where(r, cols_key), r.a, against, f"{res.diff_mean:+.2f}", _interval(res.ci_low, res.ci_high),
+                     _fmt(res.p_value, 3) or "—", _interval(*r.ci_holm), _fmt(r.p_holm, 3) or "—",
+                     _interval(*r.ci_equivalence), _fmt(r.p_tost_holm, 3) or "—",
+                     r.verdict, f"{res.n_a}, {res.n_b}", _fmt(r.detectable, 1) or "—"])
     return head, body
 
 
@@ -128,7 +137,7 @@ def write_results_csv(path: Path, analyses: list[Analysis], layout) -> None:
         w = csv.writer(f)
         w.writerow(["facet", "series", col, "n", "test_error_mean", "test_error_std", "test_error_ci_low",
                     "test_error_ci_high", "seeds_completed", "seeds_expected", "best_epoch_mean", "images_per_second_mean",
-                    "best_at_batch_size", "tied_with_best", "selected", "problems", *keys])
+                    "best_at_batch_size", "tied_with_best", "selected", "problems", *keys, "verdict_vs_best"])
         for a in analyses:
             facet = dict(a.table.facet)
             for s in a.table.series:
@@ -141,21 +150,26 @@ def write_results_csv(path: Path, analyses: list[Analysis], layout) -> None:
                                 s in a.best.get(c, ()), a.tied(s, c),
                                 ";".join(f"{v}={k}" for v, k in sorted(cell.selected.items())),
                                 ";".join(f"{k}={v}" for k, v in cell.problems.items()),
-                                *(as_json(values.get(k, MISSING)) for k in keys)])
+                                *(as_json(values.get(k, MISSING)) for k in keys), a.verdict(s, c) or ""])
 
 
 def write_comparisons_csv(path: Path, analyses: list[Analysis]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["facet", "kind", "column", "a", "b", "n_a", "n_b", "diff_mean", "diff_ci_low", "diff_ci_high",
-                    "p_value", "p_holm", "significant", "test"])
+                    "p_value", "p_holm", "significant", "test", "verdict", "diff_ci_holm_low", "diff_ci_holm_high",
+                    "p_tost", "p_tost_holm", "equivalence_ci_low", "equivalence_ci_high", "equivalence_margin",
+                    "detectable_difference", "holm_level"])
         for a in analyses:
             for r in [*a.comparisons, *a.effects]:
                 res = r.result
-                column = f"{r.column[0]}->{r.column[1]}" if r.kind == "column effect" else r.column
+                column = (f"{r.column[0]}->{r.column[1]}" if r.kind == "column effect"
+                          else f"{r.column} vs {r.column_b}" if r.column_b is not None else r.column)
                 w.writerow([a.table.title, r.kind, column, r.a, r.b, res.n_a, res.n_b, _fmt(res.diff_mean, 4),
                             _fmt(res.ci_low, 4), _fmt(res.ci_high, 4), _sig(res.p_value), _sig(r.p_holm),
-                            r.significant, res.test])
+                            r.significant, res.test, r.verdict, _fmt(r.ci_holm[0], 4), _fmt(r.ci_holm[1], 4),
+                            _sig(r.p_tost), _sig(r.p_tost_holm), _fmt(r.ci_equivalence[0], 4),
+                            _fmt(r.ci_equivalence[1], 4), f"{a.margin:g}", _fmt(r.detectable, 4), _sig(r.level)])
 
 
 def write_runs_csv(path: Path, runs: list[Run], keys: list[str]) -> None:
@@ -166,3 +180,42 @@ def write_runs_csv(path: Path, runs: list[Run], keys: list[str]) -> None:
             w.writerow([*(as_json(r.config.get(k, MISSING)) for k in keys), r.seed, r.status, _fmt(r.test_error, 4),
                         _fmt(r.val_error, 4), r.best_epoch if r.best_epoch is not None else "",
                         _fmt(r.images_per_second, 1), r.path])
+
+
+# ---------------------------------------------------------------------------------------
+# Across columns (results/aggregate.py)
+# ---------------------------------------------------------------------------------------
+def aggregate_rows(aggs: list) -> tuple[list[str], list[list[str]]]:
+    head = ["series", "IQM test error (%) [95% CI]", "runs", "did not complete"]
+    body = [[g.series, f"{g.iqm:.2f} [{g.ci_low:.2f}, {g.ci_high:.2f}]" if g.iqm is not None else "—", str(g.runs),
+             f"{g.failed} ({100 * g.failure_rate:.0f} %)" if g.runs else "—"] for g in aggs]
+    return head, body
+
+
+def improvement_rows(imps: list) -> tuple[list[str], list[list[str]]]:
+    head = ["series X", "series Y", "P(X has lower test error than Y) [95% CI]", "columns"]
+    body = [[i.x, i.y, f"{i.probability:.2f} [{i.ci_low:.2f}, {i.ci_high:.2f}]", ", ".join(map(str, i.columns))]
+            for i in imps]
+    return head, body
+
+
+def write_aggregate_csv(path: Path, summed: list) -> None:
+    """aggregate.csv: per series of each table, its runs, failures and IQM with its interval."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["facet", "series", "runs", "failed", "failure_rate", "iqm", "iqm_ci_low", "iqm_ci_high"])
+        for a, aggs, _ in summed:
+            for g in aggs:
+                w.writerow([a.table.title, g.series, g.runs, g.failed, _fmt(g.failure_rate, 4), _fmt(g.iqm, 4),
+                            _fmt(g.ci_low, 4), _fmt(g.ci_high, 4)])
+
+
+def write_improvement_csv(path: Path, summed: list) -> None:
+    """improvement.csv: per pair of series of each table, P(X < Y) with its interval."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["facet", "series", "against", "columns", "probability", "ci_low", "ci_high"])
+        for a, _, imps in summed:
+            for i in imps:
+                w.writerow([a.table.title, i.x, i.y, ";".join(map(str, i.columns)), _fmt(i.probability, 4),
+                            _fmt(i.ci_low, 4), _fmt(i.ci_high, 4)])

@@ -21,7 +21,7 @@ from pathlib import Path
 from matplotlib.ticker import MaxNLocator
 
 from . import stats
-from .analysis import Analysis, column_name
+from .analysis import ERROR_BOUNDS, Analysis, column_name
 from .figures import _colors, plt
 from .series import is_numeric
 
@@ -39,7 +39,7 @@ def _cell(values, ci: str) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "—"
-    sm = stats.summarize(values, ci=ci)
+    sm = stats.summarize(values, ci=ci, bounds=ERROR_BOUNDS)
     if sm.ci_low is None:
         return f"{sm.mean:.2f} (n={sm.n})"
     return f"{sm.mean:.2f} [{sm.ci_low:.2f}, {sm.ci_high:.2f}] (n={sm.n})"

@@ -6,6 +6,7 @@ errors (tests/fake_runs.py), so every number the report prints can be checked.""
 import csv
 import itertools
 import math
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 from conftest import REPO, clean_env, run_train
 from fake_runs import BASE, fake_run, hydra_conf, report  # noqa: F401 - hydra_conf is a fixture
+from scipy import optimize
 from scipy import stats as sps
+from test_stats import power_by_integral
 
 
 # ---------------------------------------------------------------------------------------
@@ -100,10 +103,12 @@ def test_seeds_of_one_configuration_pool_and_cells_report_their_interval(hydra_c
     assert float(row["p_holm"]) == pytest.approx(p, rel=1e-4) and row["significant"] == "True"  # one comparison
     findings = (out / "results.md").read_text().split("## Results")[0]
     assert f"bn has the lowest mean test error, {b.mean():.1f} % (95% CI {b.mean() - sps.t.ppf(0.975, 2) * b.std(ddof=1) / math.sqrt(3):.1f}" in findings
-    assert f"gn by {diff:.1f} points (95% CI {diff - half:.1f} to {diff + half:.1f}, Holm p = {p:.3f}, n = 3 and 3)" in findings
+    assert (f"gn +{diff:.1f} points (higher: Holm-adjusted 95% CI {diff - half:.1f} to {diff + half:.1f}, "
+            f"Holm p = {p:.3f}, n = 3 and 3)") in findings
+    assert row["verdict"] == "higher" and float(row["diff_ci_holm_low"]) == pytest.approx(diff - half, abs=1e-4)
 
 
-def test_holm_over_the_table_and_ties_marked_not_ranked(hydra_conf, tmp_path):
+def test_holm_over_the_table_and_undecided_marked_not_ranked(hydra_conf, tmp_path):
     values = {"bn": [10.0, 10.4, 9.8], "ln": [10.3, 9.9, 10.6], "in": [30.0, 31.0, 29.5], "gn": [10.1, 11.5, 9.7]}
     for norm, errs in values.items():
         for seed, e in enumerate(errs):
@@ -119,18 +124,26 @@ def test_holm_over_the_table_and_ties_marked_not_ranked(hydra_conf, tmp_path):
         assert float(r["p_holm"]) == pytest.approx(expected, rel=1e-5)
     marks = {c["series"]: (c["best_at_batch_size"], c["tied_with_best"]) for c in cells}
     assert marks[best] == ("True", "False") and marks["in"] == ("False", "False")
-    assert all(marks[n] == ("False", "True") for n in values if n not in (best, "in"))
+    assert all(marks[n] == ("False", "True") for n in values if n not in (best, "in"))  # kept: not significantly higher
+    verdicts = {c["series"]: c["verdict_vs_best"] for c in cells}
+    assert verdicts[best] == "best" and verdicts["in"] == "higher"
+    assert all(verdicts[n] == "not distinguishable" for n in values if n not in (best, "in"))
     table = (out / "results.md").read_text()
-    assert table.count("★") >= 2 and "≈" in table  # the legend and the cells
+    assert table.count("★") >= 2 and "? not distinguishable" in table  # the legend and the cells
+    assert not re.search(r"\btie", table) and not re.search(r"\btie", (out / "index.html").read_text())
 
 
 def test_one_seed_is_never_ranked(hydra_conf, tmp_path):
     for norm, e in (("bn", 10.0), ("ln", 30.0)):
         fake_run(tmp_path, [*BASE, f"norm={norm}"], 0, e)
     out, cells, comparisons = report(tmp_path)
-    assert [c["tied_with_best"] for c in cells if c["series"] == "ln"] == ["True"]
+    assert [c["tied_with_best"] for c in cells if c["series"] == "ln"] == ["True"]  # kept for scripts: not higher
+    assert [c["verdict_vs_best"] for c in cells if c["series"] == "ln"] == ["untestable"]
     assert comparisons[0]["p_value"] == "" and comparisons[0]["significant"] == "False"
-    assert "With n = 1 per cell no difference from ln can be tested" in (out / "results.md").read_text()
+    assert comparisons[0]["verdict"] == "untestable"
+    md = (out / "results.md").read_text()
+    assert "ln +20.0 points (untestable with n = 1 and 1 (a cell needs two runs))" in md
+    assert "| ln | 30.00 (n=1, no CI) untestable |" in md and "≈ |" not in md
 
 
 def test_batch_effect_compares_the_smallest_and_largest_batch(hydra_conf, tmp_path):
@@ -155,6 +168,104 @@ def test_bootstrap_and_permutation_options(hydra_conf, tmp_path):
     assert 10.0 <= float(bn["test_error_ci_low"]) < 11.0 < float(bn["test_error_ci_high"]) <= 12.0
     # exact permutation: 20 ways to split 6 runs 3/3, the observed one and its mirror are the extremes
     assert float(comparisons[0]["p_value"]) == pytest.approx(0.1) and comparisons[0]["test"] == "permutation"
+
+
+# ---------------------------------------------------------------------------------------
+# Verdicts: the words say what the tests showed
+# ---------------------------------------------------------------------------------------
+def welch(a, b, confidence=0.95):
+    a, b = np.asarray(a), np.asarray(b)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    diff, se = a.mean() - b.mean(), math.sqrt(va + vb)
+    half = sps.t.ppf((1 + confidence) / 2, df) * se
+    return diff, diff - half, diff + half, 2 * sps.t.sf(abs(diff) / se, df), se, df
+
+
+def runs_of(tmp_path, values, batch=8):
+    for norm, errs in values.items():
+        for seed, e in enumerate(errs):
+            fake_run(tmp_path, ["data=synthetic", f"data.batch_size={batch}", f"norm={norm}"], seed, e)
+
+
+def test_a_worse_but_undecided_series_is_not_distinguishable_never_a_tie(hydra_conf, tmp_path):
+    values = {"bn": [10.0, 11.0, 12.0], "ln": [11.0, 12.5, 13.0]}  # ln about 1.2 sd worse, 3 seeds
+    runs_of(tmp_path, values)
+    out, cells, (row,) = report(tmp_path)
+    diff, low, high, p, _, _ = welch(values["ln"], values["bn"])
+    sa, sb = np.std(values["ln"], ddof=1), np.std(values["bn"], ddof=1)
+    alpha = 0.05 * float(row["p_value"]) / float(row["p_holm"])  # a family of one: 0.05
+    detectable = optimize.brentq(lambda d: power_by_integral(d, sa, sb, 3, 3, alpha) - 0.8, 0.01, 50)
+    assert row["verdict"] == "not distinguishable" and row["significant"] == "False"
+    assert float(row["detectable_difference"]) == pytest.approx(detectable, abs=1e-3)
+    md = (out / "results.md").read_text()
+    assert (f"ln +{diff:.1f} points (not distinguishable with n = 3 and 3 (this comparison detects about "
+            f"{detectable:.1f} points with 80 % power; Holm-adjusted 95% CI {low:.1f} to {high:.1f}, "
+            f"Holm p = {p:.3f}))") in md
+    assert {c["series"]: c["verdict_vs_best"] for c in cells} == {"bn": "best", "ln": "not distinguishable"}
+    assert "| ln | " in md and " ? |" in md.split("## Results")[1].split("#### Comparisons")[0]
+    assert not re.search(r"\btie", md.lower())
+    assert "not distinguishable" in (out / "index.html").read_text()
+
+
+@pytest.mark.parametrize("margin,verdict", [(1.0, "equivalent"), (0.01, "not distinguishable")])
+def test_equivalent_only_when_a_tost_within_the_margin_passes(hydra_conf, tmp_path, margin, verdict):
+    values = {"bn": [10.0, 10.1, 9.9, 10.05, 9.95], "ln": [10.02, 10.12, 9.92, 10.07, 9.97]}
+    runs_of(tmp_path, values)
+    out, cells, (row,) = report(tmp_path, equivalence_margin=margin)
+    diff, _, _, _, se, df = welch(values["ln"], values["bn"])
+    p_tost = max(sps.t.sf((diff + margin) / se, df), sps.t.cdf((diff - margin) / se, df))
+    half = sps.t.ppf(0.95, df) * se  # one TOST in the family: its 90% interval
+    assert row["verdict"] == verdict and float(row["p_tost_holm"]) == pytest.approx(p_tost, rel=1e-6)
+    assert [c["verdict_vs_best"] for c in cells if c["series"] == "ln"] == [verdict]
+    if verdict == "equivalent":
+        assert (f"ln +0.0 points (equivalent within ±1 point: Holm-adjusted 90% CI {diff - half:.1f} to "
+                f"{diff + half:.1f}, TOST Holm p < 0.001, n = 5 and 5)") in (out / "results.md").read_text()
+        assert "≈ |" in (out / "results.md").read_text()
+
+
+def test_cell_intervals_stay_in_0_100_and_a_baseline_that_is_the_best_is_compared_once(hydra_conf, tmp_path):
+    values = {"bn": [10.0, 10.5, 11.0], "in": [12.0, 13.0, 80.0], "ln": [30.0]}  # one in seed diverging, one ln run
+    runs_of(tmp_path, values)
+    out, cells, comparisons = report(tmp_path, baseline="bn")
+    x = np.array(values["in"])
+    half = sps.t.ppf(0.975, 2) * x.std(ddof=1) / math.sqrt(3)
+    cell = next(c for c in cells if c["series"] == "in")
+    assert x.mean() + half > 100 and x.mean() - half < 0  # the plain t interval: impossible error rates
+    assert (float(cell["test_error_ci_low"]), float(cell["test_error_ci_high"])) == (0.0, 100.0)
+    md = (out / "results.md").read_text()
+    printed = (re.findall(r"95% CI (-?[\d.]+) to (-?[\d.]+), n = \d+\)", md)  # Findings and tables: every cell
+               + re.findall(r"\[(-?[\d.]+), (-?[\d.]+)\] \(n=", md))
+    assert ("0.00", "100.00") in printed and all(0 <= float(lo) <= float(hi) <= 100 for lo, hi in printed)
+    assert "Student t truncated to [0, 100]" in md
+    # bn is best and baseline: each pair once, one Holm family of the one testable comparison
+    assert sorted((r["kind"], r["a"], r["b"]) for r in comparisons) == [("vs best", "in", "bn"),
+                                                                         ("vs best", "ln", "bn")]
+    tested = next(r for r in comparisons if r["a"] == "in")
+    assert float(tested["p_holm"]) == pytest.approx(welch(values["in"], values["bn"])[3], rel=1e-5)
+
+
+def test_contrasts_across_columns_join_the_tables_holm_family(hydra_conf, tmp_path):
+    values = {("bn", 2): [20.0, 21.0, 22.0], ("bn", 32): [15.0, 15.5, 16.5], ("gn", 2): [14.0, 14.5, 15.5],
+              ("gn", 32): [17.0, 18.0, 18.5]}
+    for (norm, batch), errs in values.items():
+        for seed, e in enumerate(errs):
+            fake_run(tmp_path, ["data=synthetic", f"data.batch_size={batch}", f"norm={norm}"], seed, e)
+    # the second contrast is the vs-best pair at batch 2 again: counted once
+    out, _, comparisons = report(tmp_path, contrasts=["gn@2 vs bn@32", "bn@2 vs gn@2"])
+    family = [r for r in comparisons if r["kind"] != "column effect"]
+    assert sorted((r["kind"], r["column"]) for r in family) == [("contrast", "2 vs 32"), ("vs best", "2"),
+                                                                ("vs best", "32")]
+    contrast = next(r for r in family if r["kind"] == "contrast")
+    diff, low, high, p, _, _ = welch(values["gn", 2], values["bn", 32])
+    assert (contrast["a"], contrast["b"], float(contrast["diff_mean"])) == ("gn", "bn", pytest.approx(diff, abs=1e-4))
+    assert float(contrast["diff_ci_low"]) == pytest.approx(low, abs=1e-4)
+    assert float(contrast["p_value"]) == pytest.approx(p, rel=1e-5)
+    raw = sorted(float(r["p_value"]) for r in family)  # Holm by hand over the family of three
+    k = raw.index(float(contrast["p_value"]))
+    assert float(contrast["p_holm"]) == pytest.approx(min(1, max((3 - i) * raw[i] for i in range(k + 1))), rel=1e-5)
+    md = (out / "results.md").read_text()
+    assert f"Contrast gn@2 vs bn@32: gn batch 2 minus bn batch 32 = −{abs(diff):.1f} points (" in md
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,6 +301,11 @@ def test_facets_make_one_table_each(hydra_conf, tmp_path):
     ({"facet": "model"}, r"facet=model.name: every run has the same value \('resnet20'\); keys that vary"),
     ({"baseline": "gn"}, r"baseline=gn: no single series is named so; series: bn, ln"),
     ({"ci": "normal"}, r"ci=normal: valid values are t, bootstrap"),
+    ({"equivalence_margin": 0}, r"equivalence_margin=0: must be a positive number of points of test error"),
+    ({"contrasts": ["ln@8 versus bn@8"]}, r"contrasts: 'ln@8 versus bn@8' is not a contrast; write "
+                                          r"'<series>@<column> vs <series>@<column>'"),
+    ({"contrasts": ["gn@8 vs bn@8"]}, r"contrasts: 'gn@8 vs bn@8': no table has both cells; series: bn, ln; columns: 8"),
+    ({"contrasts": ["bn@8 vs bn@8"]}, r"contrasts: 'bn@8 vs bn@8' compares a cell with itself"),
 ])
 def test_bad_options_name_what_was_typed_and_what_is_there(hydra_conf, tmp_path, option, message):
     for norm in ("bn", "ln"):

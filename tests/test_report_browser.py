@@ -36,7 +36,8 @@ def test_report_page_loads_every_figure_and_the_table(tmp_path):
     try:
         driver.get((sweep / "report" / "index.html").as_uri())
         images = driver.find_elements(By.TAG_NAME, "img")
-        assert {img.get_attribute("id") for img in images} == {"batch_sensitivity", "convergence", "batch_noise", "input_drift"}  # the Why figures too
+        assert {img.get_attribute("id") for img in images} == {"batch_sensitivity", "convergence", "performance_profile", "batch_noise",
+                                                                 "input_drift"}  # the Why figures too
         for img in images:
             assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
         rows = driver.find_elements(By.CSS_SELECTOR, "#results tr")

@@ -14,6 +14,7 @@ from fake_runs import BASE, fake_run, hydra_conf, report  # noqa: F401 - hydra_c
 from hydra import compose
 from omegaconf import OmegaConf
 from scipy import stats as sps
+from test_stats import power_by_integral
 
 
 # ---------------------------------------------------------------------------------------
@@ -66,11 +67,11 @@ def test_cost_table_carries_spreads_and_timing_runs_every_cell_in_turns(hydra_co
             fake_run(tmp_path, [*BASE, f"norm={norm}", "model.width=4", *(["norm.num_groups=2"] if norm == "gn" else [])],
                      seed, e)
     out, _, _ = report(tmp_path, timing=True, timing_rounds=2)
-    cost = (out / "results.md").read_text().split("#### Cost")[1]
+    cost = (out / "results.md").read_text().split("#### Cost")[1].split("\n## ")[0]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in cost.splitlines()
             if line.startswith("| bn") or line.startswith("| gn")}
     half = sps.t.ppf(0.975, 1) * np.std([10.0, 12.0], ddof=1) / math.sqrt(2)
-    assert rows["bn"][1] == f"11.00 [{11 - half:.2f}, {11 + half:.2f}]"  # test error with its CI
+    assert rows["bn"][1] == f"11.00 [{max(11 - half, 0):.2f}, {11 + half:.2f}]"  # test error with its CI in [0, 100]
     ms, ratio = rows["gn"][3], rows["gn"][4]
     assert float(ms.split()[0]) > 0 and "–" in ms  # median ms/step (min–max over rounds)
     low, high = (float(v) for v in ratio.split("(")[1].rstrip(")").split("–"))
@@ -113,6 +114,114 @@ def test_why_section_pairs_precise_bn_with_the_same_runs_and_draws_noise_and_dri
     assert "| bn: PreciseBN |" in md and "gn: PreciseBN" not in md
     assert (out / "batch_noise.png").is_file() and (out / "input_drift.png").is_file()
     assert 'id="batch_noise"' in (out / "index.html").read_text()
+
+
+# ---------------------------------------------------------------------------------------
+# Seeds to plan, aggregates across columns, contrasts through the CLI
+# ---------------------------------------------------------------------------------------
+MULTIRUN = """hydra:
+  sweeper:
+    params:
+      seed: 0,1,2
+  overrides:
+    hydra:
+    - hydra.mode=MULTIRUN
+    task:
+    - norm=bn,ln,in
+    - data=synthetic
+"""
+
+
+def test_plan_writes_the_seeds_an_undecided_comparison_needs_and_the_command_that_adds_them(hydra_conf, tmp_path,
+                                                                                             capsys):
+    values = {"bn": [10.0, 11.0, 12.0], "ln": [11.0, 12.5, 13.0], "in": [30.0, 31.0, 29.5], "gn": [10.5, 11.2, 12.3]}
+    for norm, errs in values.items():
+        for seed, e in enumerate(errs):
+            fake_run(tmp_path, [*BASE, f"norm={norm}"], seed, e)
+    (tmp_path / "multirun.yaml").write_text(MULTIRUN)
+    out, _, comparisons = report(tmp_path, plan=True)
+    verdicts = {r["a"]: r["verdict"] for r in comparisons}
+    assert verdicts == {"ln": "not distinguishable", "gn": "not distinguishable", "in": "higher"}
+    with open(out / "plan.csv") as f:
+        plan = {r["series"]: r for r in csv.DictReader(f)}  # the decided comparison needs nothing
+    assert set(plan) == {"ln", "gn"}
+    raw = sorted(sps.ttest_ind(values[n], values["bn"], equal_var=False).pvalue for n in ("ln", "gn", "in"))
+    holm = [min(1, max((3 - i) * raw[i] for i in range(k + 1))) for k in range(3)]
+    for norm in ("ln", "gn"):
+        a, b = values[norm], values["bn"]
+        diff, sa, sb = np.mean(a) - np.mean(b), np.std(a, ddof=1), np.std(b, ddof=1)
+        p = sps.ttest_ind(a, b, equal_var=False).pvalue
+        alpha = 0.05 * p / holm[raw.index(p)]  # the level Holm's step-down held this comparison to
+        needed = next(n for n in range(2, 1000) if power_by_integral(diff, sa, sb, n, n, alpha) >= 0.8)
+        assert float(plan[norm].pop("alpha")) == pytest.approx(alpha, rel=1e-5)
+        assert plan[norm] == {"facet": "", "at": "batch 8", "series": norm, "against": "bn (vs best)", "n_now": "3",
+                              "n_needed": str(needed), "difference": f"{diff:.4f}",
+                              "sd": f"{math.sqrt((sa**2 + sb**2) / 2):.4f}"}
+        assert alpha < 0.049 if norm == "ln" else alpha == pytest.approx(0.05)  # ln: held to 0.05 / 2
+    most = max(int(r["n_needed"]) for r in plan.values())
+    command = (f"python train.py -m norm=bn,ln,in data=synthetic seed={','.join(map(str, range(most)))} "
+               f"hydra.sweep.dir={tmp_path}")
+    assert command in capsys.readouterr().out and command in (out / "results.md").read_text()
+    report(tmp_path)
+    assert not (out / "plan.csv").exists()  # no stale plan beside a report that did not make one
+
+
+def test_aggregates_count_failures_and_match_an_independent_stratified_bootstrap(hydra_conf, tmp_path):
+    from results.aggregate import profile
+    from results.analysis import analyse
+    from results.runs import read_runs
+    from results.series import make_layout, tables
+
+    rng = np.random.default_rng(3)
+    values = {(norm, batch): list(np.round(rng.normal(mu, 1.0, size=5), 2))
+              for norm, batch, mu in (("bn", 2, 21.0), ("bn", 32, 19.0), ("gn", 2, 20.0), ("gn", 32, 22.0))}
+    values["gn", 32] = values["gn", 32][:4]
+    for (norm, batch), errs in values.items():
+        for seed, e in enumerate(errs):
+            fake_run(tmp_path, ["data=synthetic", f"data.batch_size={batch}", f"norm={norm}"], seed, e)
+    fake_run(tmp_path, ["data=synthetic", "data.batch_size=32", "norm=gn"], 4, 0.0, status="diverged")
+    out, _, _ = report(tmp_path)
+    with open(out / "aggregate.csv") as f:
+        agg = {r["series"]: r for r in csv.DictReader(f)}
+    assert [(agg[n]["runs"], agg[n]["failed"], agg[n]["failure_rate"]) for n in ("bn", "gn")] == [
+        ("10", "0", "0.0000"), ("10", "1", "0.1000")]  # the diverged run is counted, not dropped
+    boot_rng = np.random.default_rng(12345)
+    for norm in ("bn", "gn"):
+        cells = [np.array(values[norm, batch]) for batch in (2, 32)]
+        pooled = np.sort(np.concatenate(cells))
+        k = pooled.size // 4  # interquartile mean: a quarter cut at each end
+        resampled = np.sort(np.concatenate([c[boot_rng.integers(0, c.size, (40000, c.size))] for c in cells], axis=1))
+        low, high = np.percentile(resampled[:, k:pooled.size - k].mean(axis=1), [2.5, 97.5])
+        assert float(agg[norm]["iqm"]) == pytest.approx(pooled[k:pooled.size - k].mean(), abs=1e-4)
+        assert float(agg[norm]["iqm_ci_low"]) == pytest.approx(low, abs=0.06)
+        assert float(agg[norm]["iqm_ci_high"]) == pytest.approx(high, abs=0.06)
+    with open(out / "improvement.csv") as f:
+        (imp,) = list(csv.DictReader(f))
+    by_column = [sps.mannwhitneyu(values["gn", b], values["bn", b]).statistic / (len(values["gn", b]) * 5)
+                 for b in (2, 32)]  # P(bn < gn), ties one half
+    assert (imp["series"], imp["against"]) == ("bn", "gn")
+    assert float(imp["probability"]) == pytest.approx(np.mean(by_column), abs=1e-4)
+    assert float(imp["ci_low"]) <= float(imp["probability"]) <= float(imp["ci_high"])
+    runs = read_runs(tmp_path, skip=out)
+    (table,) = tables(runs, make_layout(runs))
+    fractions = profile(analyse(table), np.array([100.0]))
+    assert fractions["bn"][0][0] == 1.0 and fractions["gn"][0][0] == pytest.approx((5 / 5 + 4 / 5) / 2)
+    assert (out / "performance_profile.png").is_file() and "## Across columns" in (out / "results.md").read_text()
+
+
+def test_contrasts_typed_on_the_command_line(hydra_conf, tmp_path):
+    for norm, batch, errs in (("bn", 2, [20.0, 21.0, 22.0]), ("bn", 32, [15.0, 15.5, 16.5]),
+                              ("gn", 2, [14.0, 14.5, 15.5]), ("gn", 32, [17.0, 18.0, 18.5])):
+        for seed, e in enumerate(errs):
+            fake_run(tmp_path, ["data=synthetic", f"data.batch_size={batch}", f"norm={norm}"], seed, e)
+    proc = subprocess.run([sys.executable, str(REPO / "report.py"), str(tmp_path), "wandb.mode=disabled",
+                           "contrasts=gn@2 vs bn@32, gn@32 vs bn@2"], cwd=REPO, env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "report" / "comparisons.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "contrast"]
+    assert [(r["a"], r["column"], r["b"]) for r in rows] == [("gn", "2 vs 32", "bn"), ("gn", "32 vs 2", "bn")]
+    assert "Contrast gn@32 vs bn@2: gn batch 32 minus bn batch 2 = −" in proc.stdout
 
 
 def test_the_workspace_command_prints_its_panels_and_saving_needs_a_login(tmp_path, monkeypatch, capsys):
