@@ -63,14 +63,6 @@ class Analysis:
         return next((r for r in self.comparisons if r.kind == "vs best" and r.column == column
                      and r.a == self.table.labels[series]), None)
 
-    def tied(self, series, column) -> bool:
-        """Not significantly higher than the best at this column, or not testable (results.csv's
-        `tied_with_best`, kept for scripts; it is not equality: read `verdict`)."""
-        if series in self.best.get(column, ()):
-            return False
-        row = self._vs_best(series, column)
-        return row is not None and not row.significant
-
     def verdict(self, series, column) -> str | None:
         """"best", or the verdict of the series against the best at this column; None without a mean."""
         if series in self.best.get(column, ()):

@@ -51,12 +51,14 @@ def needs(analyses: list[Analysis], cols_key: str) -> list[Need]:
 
 
 def write_plan_csv(path: Path, rows: list[Need]) -> None:
+    """The issue's columns first (at, series, against, n_now, n_needed, difference, sd), then the level
+    Holm held each comparison to and the facet (the table's title; empty with one table)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["facet", "at", "series", "against", "n_now", "n_needed", "difference", "sd", "alpha"])
+        w.writerow(["at", "series", "against", "n_now", "n_needed", "difference", "sd", "alpha", "facet"])
         for n in rows:
-            w.writerow([n.facet, n.at, n.series, n.against, n.n_now, "" if n.n_needed is None else n.n_needed,
-                        f"{n.difference:.4f}", f"{n.sd:.4f}", f"{n.alpha:.6g}"])
+            w.writerow([n.at, n.series, n.against, n.n_now, "" if n.n_needed is None else n.n_needed,
+                        f"{n.difference:.4f}", f"{n.sd:.4f}", f"{n.alpha:.6g}", n.facet])
 
 
 def extended_seeds(seeds: list[int], count: int) -> list[int]:

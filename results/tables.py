@@ -1,6 +1,6 @@
 """The report's tables: as rows of text for results.md and index.html, and as CSV files.
 
-results.csv   one row per cell: n, mean, std, 95% CI, best marker and verdict against the best, problems, the series keys
+results.csv   one row per cell: n, mean, std, 95% CI, best marker, verdict against the best, problems, the series keys
 comparisons.csv  one row per comparison: difference, its CIs (unadjusted, Holm-adjusted, TOST's), p, Holm p, verdict
 runs.csv      one row per run: every varying key, status, seed, errors: the tidy table for pandas
 aggregate.csv, improvement.csv  across columns: IQM and failures per series, P(X < Y) per pair
@@ -137,7 +137,7 @@ def write_results_csv(path: Path, analyses: list[Analysis], layout) -> None:
         w = csv.writer(f)
         w.writerow(["facet", "series", col, "n", "test_error_mean", "test_error_std", "test_error_ci_low",
                     "test_error_ci_high", "seeds_completed", "seeds_expected", "best_epoch_mean", "images_per_second_mean",
-                    "best_at_batch_size", "tied_with_best", "selected", "problems", *keys, "verdict_vs_best"])
+                    "best_at_batch_size", "verdict_vs_best", "selected", "problems", *keys])
         for a in analyses:
             facet = dict(a.table.facet)
             for s in a.table.series:
@@ -147,10 +147,10 @@ def write_results_csv(path: Path, analyses: list[Analysis], layout) -> None:
                     w.writerow([a.table.title, a.table.labels[s], c, sm.n, _fmt(sm.mean, 3), _fmt(sm.std, 3),
                                 _fmt(sm.ci_low, 3), _fmt(sm.ci_high, 3), len(cell.chosen), cell.expected_seeds,
                                 _fmt(cell.mean_of("best_epoch"), 1), _fmt(cell.mean_of("images_per_second"), 1),
-                                s in a.best.get(c, ()), a.tied(s, c),
+                                s in a.best.get(c, ()), a.verdict(s, c) or "",
                                 ";".join(f"{v}={k}" for v, k in sorted(cell.selected.items())),
                                 ";".join(f"{k}={v}" for k, v in cell.problems.items()),
-                                *(as_json(values.get(k, MISSING)) for k in keys), a.verdict(s, c) or ""])
+                                *(as_json(values.get(k, MISSING)) for k in keys)])
 
 
 def write_comparisons_csv(path: Path, analyses: list[Analysis]) -> None:
@@ -203,11 +203,11 @@ def write_aggregate_csv(path: Path, summed: list) -> None:
     """aggregate.csv: per series of each table, its runs, failures and IQM with its interval."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["facet", "series", "runs", "failed", "failure_rate", "iqm", "iqm_ci_low", "iqm_ci_high"])
+        w.writerow(["series", "runs", "failed", "iqm", "iqm_ci_low", "iqm_ci_high", "failure_rate", "facet"])
         for a, aggs, _ in summed:
             for g in aggs:
-                w.writerow([a.table.title, g.series, g.runs, g.failed, _fmt(g.failure_rate, 4), _fmt(g.iqm, 4),
-                            _fmt(g.ci_low, 4), _fmt(g.ci_high, 4)])
+                w.writerow([g.series, g.runs, g.failed, _fmt(g.iqm, 4), _fmt(g.ci_low, 4), _fmt(g.ci_high, 4),
+                            _fmt(g.failure_rate, 4), a.table.title])
 
 
 def write_improvement_csv(path: Path, summed: list) -> None:

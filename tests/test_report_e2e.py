@@ -143,7 +143,9 @@ def test_plan_writes_the_seeds_an_undecided_comparison_needs_and_the_command_tha
     verdicts = {r["a"]: r["verdict"] for r in comparisons}
     assert verdicts == {"ln": "not distinguishable", "gn": "not distinguishable", "in": "higher"}
     with open(out / "plan.csv") as f:
-        plan = {r["series"]: r for r in csv.DictReader(f)}  # the decided comparison needs nothing
+        reader = csv.DictReader(f)
+        plan = {r["series"]: r for r in reader}  # the decided comparison needs nothing
+    assert reader.fieldnames[:7] == ["at", "series", "against", "n_now", "n_needed", "difference", "sd"]
     assert set(plan) == {"ln", "gn"}
     raw = sorted(sps.ttest_ind(values[n], values["bn"], equal_var=False).pvalue for n in ("ln", "gn", "in"))
     holm = [min(1, max((3 - i) * raw[i] for i in range(k + 1))) for k in range(3)]
@@ -182,7 +184,9 @@ def test_aggregates_count_failures_and_match_an_independent_stratified_bootstrap
     fake_run(tmp_path, ["data=synthetic", "data.batch_size=32", "norm=gn"], 4, 0.0, status="diverged")
     out, _, _ = report(tmp_path)
     with open(out / "aggregate.csv") as f:
-        agg = {r["series"]: r for r in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        agg = {r["series"]: r for r in reader}
+    assert reader.fieldnames[:6] == ["series", "runs", "failed", "iqm", "iqm_ci_low", "iqm_ci_high"]
     assert [(agg[n]["runs"], agg[n]["failed"], agg[n]["failure_rate"]) for n in ("bn", "gn")] == [
         ("10", "0", "0.0000"), ("10", "1", "0.1000")]  # the diverged run is counted, not dropped
     boot_rng = np.random.default_rng(12345)

@@ -1,5 +1,6 @@
-"""results.stats and results.power against values computed here from the textbook formulas (or a fixed-seed
-simulation), not from the code under test."""
+"""results.stats, results.power and results.aggregate against values computed here from the textbook formulas
+(or a fixed-seed simulation), and against reference values from statsmodels and rliable, not from the code under
+test."""
 import dataclasses
 import itertools
 import math
@@ -334,3 +335,80 @@ def test_seeds_needed_is_the_first_n_with_80_percent_power_and_a_simulation_agre
     assert all(welch_power(diff, sa, sb, m, m) == pytest.approx(1.0) for m in (250, 300, 375))  # scipy's nct: nan
     assert seeds_needed(0.001, 1.0, 1.0) is None   # beyond MOST_SEEDS: not worth chasing
     assert seeds_needed(1.0, 0.0, 0.0) is None
+
+
+# With equal spreads and equal n, Welch's test is Student's (df = 2n - 2, the same standard error), so
+# statsmodels' TTestIndPower states the same power. Reference values from statsmodels 0.15.0:
+#   TTestIndPower().solve_power(effect_size=es, alpha=0.05, power=0.8, ratio=1.0)   -> n per side
+#   TTestIndPower().solve_power(nobs1=n, alpha=alpha, power=0.8, ratio=1.0)        -> detectable effect size
+#   TTestIndPower().power(effect_size=1.2, nobs1=6, alpha=0.05, ratio=1.0)
+STATSMODELS_N = {0.5: 63.76561058891169, 1.0: 16.714722446954024, 1.5: 8.060294283896704, 2.5: 3.7618131422306145}
+STATSMODELS_DETECTABLE = {(3, 0.05): 3.070892269599019, (5, 0.05): 2.024440145655355, (10, 0.05): 1.324947368330822,
+                          (3, 0.025): 3.742784113957512, (4, 0.05 / 3): 3.0376271412391436}
+
+
+def test_power_and_seeds_agree_with_statsmodels_ttestindpower():
+    for es, n in STATSMODELS_N.items():
+        assert seeds_needed(2.0 * es, 2.0, 2.0) == math.ceil(n)   # difference 2 es at sd 2: effect size es
+    for (n, alpha), es in STATSMODELS_DETECTABLE.items():
+        # statsmodels' root finder stops within about 4e-7 (relative) of the root; ours within 1e-10
+        assert detectable_difference(1.5, 1.5, n, n, alpha=alpha) == pytest.approx(1.5 * es, rel=1e-6)
+    assert welch_power(1.2, 1.0, 1.0, 6, 6) == pytest.approx(0.46752301142226294, rel=1e-9)
+
+
+# --- aggregates across columns: rliable's statistics -----------------------------------------------------
+
+# Test errors (%), runs x columns (batch 2, 8, 32), of two series. Reference values from rliable 1.2.0
+# (with arch 7.2.0), lower error taken as better by negating the scores:
+#   metrics.aggregate_iqm(X), metrics.probability_of_improvement(-X, -Y)
+#   library.get_interval_estimates({"X": X, "Y": Y}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=50000)
+#   library.get_interval_estimates({"XY": (-X, -Y)}, lambda x, y: np.array([metrics.probability_of_improvement(x, y)]),
+#                                  reps=50000)
+RL_X = [[20.1, 18.3, 19.0], [21.4, 19.0, 18.2], [19.8, 18.8, 19.9], [22.0, 19.6, 18.7], [20.6, 18.8, 19.4]]
+RL_Y = [[21.0, 19.0, 18.9], [22.5, 20.1, 19.5], [20.6, 18.8, 20.3], [23.9, 21.2, 19.4], [21.8, 19.9, 21.0]]
+RLIABLE_IQM = {"X": (19.37777777777778, 19.1, 19.72222222222222), "Y": (20.333333333333332, 19.83333333333333, 20.86666666666667)}
+RLIABLE_IMPROVEMENT = (0.7933333333333333, 0.6133333333333333, 0.9333333333333333)
+
+
+def _analysis_of(series: dict, columns, failed=None):
+    """The slice of an Analysis that results.aggregate reads: per (series, column) its runs, the
+    completed ones (`chosen`) and their errors; `failed`: {(series, column): seeds that did not complete}."""
+    from types import SimpleNamespace as NS
+    cells = {}
+    for name, matrix in series.items():
+        for j, c in enumerate(columns):
+            done = [NS(seed=i, test_error=row[j]) for i, row in enumerate(matrix)]
+            lost = [NS(seed=len(done) + i, test_error=None) for i in range((failed or {}).get((name, c), 0))]
+            cells[name, c] = NS(runs=done + lost, chosen=done, errors=[r.test_error for r in done])
+    return NS(table=NS(series=list(series), columns=list(columns), cells=cells, labels={s: s for s in series}))
+
+
+def test_iqm_its_stratified_bootstrap_and_the_probability_of_improvement_agree_with_rliable():
+    from results.aggregate import aggregates, improvements
+    a = _analysis_of({"X": RL_X, "Y": RL_Y}, (2, 8, 32))
+    for g in aggregates(a):
+        iqm, low, high = RLIABLE_IQM[g.series]
+        assert (g.runs, g.failed, g.iqm) == (15, 0, pytest.approx(iqm, rel=1e-12))
+        # Bootstrap intervals: 10,000 and 50,000 resamples agree to well under the 0.1-0.3 points by which an
+        # unstratified (pooled) or a whole-run bootstrap would differ here.
+        assert (g.ci_low, g.ci_high) == (pytest.approx(low, abs=0.04), pytest.approx(high, abs=0.04))
+    (imp,) = improvements(a)
+    assert (imp.x, imp.y, imp.columns) == ("X", "Y", (2, 8, 32))
+    assert imp.probability == pytest.approx(RLIABLE_IMPROVEMENT[0], rel=1e-12)
+    assert (imp.ci_low, imp.ci_high) == (pytest.approx(RLIABLE_IMPROVEMENT[1], abs=0.02),
+                                         pytest.approx(RLIABLE_IMPROVEMENT[2], abs=0.02))
+
+
+def test_failed_runs_are_counted_and_never_reach_the_profile():
+    from results.aggregate import aggregates, profile
+    a = _analysis_of({"X": RL_X, "Y": RL_Y}, (2, 8, 32), failed={("Y", 32): 2})
+    by = {g.series: g for g in aggregates(a)}
+    assert (by["Y"].runs, by["Y"].failed, by["Y"].failure_rate) == (17, 2, pytest.approx(2 / 17))
+    assert by["Y"].iqm == pytest.approx(RLIABLE_IQM["Y"][0])   # over the completed runs
+    # rliable's performance profile (fraction of runs above tau, per task, averaged), with error <= tau as
+    # success and a failed run never succeeding: at batch 32, Y has 7 runs of which 5 completed.
+    fractions = profile(a, np.array([19.0, 100.0]))
+    y_by_column = [np.mean(np.array(RL_Y)[:, 0] <= 19.0), np.mean(np.array(RL_Y)[:, 1] <= 19.0),
+                   np.sum(np.array(RL_Y)[:, 2] <= 19.0) / 7]
+    assert fractions["Y"][0][0] == pytest.approx(np.mean(y_by_column))
+    assert fractions["Y"][0][1] == pytest.approx((1 + 1 + 5 / 7) / 3) and fractions["X"][0][1] == 1.0
