@@ -39,7 +39,7 @@ class Row:
     p_tost: float | None = None
     p_tost_holm: float | None = None
     ci_equivalence: tuple = (None, None)  # the interval the (Holm-adjusted) TOST decision used
-    level: float | None = None  # the level Holm held this p to: 0.05 * p / Holm p
+    level: float | None = None  # Holm's threshold for this p: 0.05 / (m - rank), rank 0 the smallest p
     detectable: float | None = None  # the difference a Welch test at `level` detects with 80% power at this n
     verdict: str = UNTESTABLE
 
@@ -79,8 +79,9 @@ def _clip(interval, bounds, unbounded=(None, None)) -> tuple:
 def decide(rows: list[Row], margin: float, alpha: float = stats.ALPHA) -> None:
     """Holm over the family's tests, Holm over its TOSTs, and each row's verdict with the
     intervals those decisions used (differences of two error rates lie in [-100, 100])."""
-    for row, p in zip(rows, stats.holm([r.result.p_value for r in rows]), strict=True):
-        row.p_holm = p
+    ps = [r.result.p_value for r in rows]
+    for row, p, level in zip(rows, stats.holm(ps), stats.holm_thresholds(ps, alpha), strict=True):
+        row.p_holm, row.level = p, level
     tosts = [stats.tost(r.result, margin) for r in rows]
     for row, p, q in zip(rows, tosts, stats.holm(tosts), strict=True):
         row.p_tost, row.p_tost_holm = p, q
@@ -92,7 +93,6 @@ def decide(rows: list[Row], margin: float, alpha: float = stats.ALPHA) -> None:
             continue
         row.ci_holm = _clip(stats.holm_interval(res, row.p_holm, *row.values, alpha=alpha), span, span)
         row.ci_equivalence = _clip(stats.equivalence_interval(res, row.p_tost, row.p_tost_holm, alpha), span)
-        row.level = stats.adjusted_level(res.p_value, row.p_holm, alpha)
         row.detectable = power.detectable_difference(res.sd_a, res.sd_b, res.n_a, res.n_b, alpha=row.level)
         if stats.significant(row.p_holm, alpha):
             row.verdict = HIGHER if res.diff_mean > 0 else LOWER

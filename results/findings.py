@@ -26,7 +26,7 @@ def cell(summary: Summary) -> str:
     return f"{summary.mean:.1f} % ({_ci(summary.ci_low, summary.ci_high)}, n = {summary.n})"
 
 
-def _points(margin: float) -> str:
+def points(margin: float) -> str:
     return f"±{margin:g} point{'' if margin == 1 else 's'}"
 
 
@@ -36,7 +36,7 @@ def evidence(row: Row, margin: float) -> str:
     if row.verdict in (HIGHER, LOWER):
         return f"{row.verdict}: {_ci(*row.ci_holm, 'Holm-adjusted 95% CI')}, Holm {_p(row.p_holm)}, {n}"
     if row.verdict == EQUIVALENT:
-        return (f"equivalent within {_points(margin)}: {_ci(*row.ci_equivalence, 'Holm-adjusted 90% CI')}, "
+        return (f"equivalent within {points(margin)}: {_ci(*row.ci_equivalence, 'Holm-adjusted 90% CI')}, "
                 f"TOST Holm {_p(row.p_tost_holm)}, {n}")
     if row.verdict == UNDECIDED:
         power = (f"this comparison detects about {row.detectable:.1f} points with 80 % power"

@@ -9,7 +9,7 @@ from . import stats
 from .aggregate import aggregates, improvements
 from .analysis import analyse, parse_contrast, resolve_contrast
 from .figures import plot_convergence, plot_profile, plot_sensitivity
-from .findings import findings
+from .findings import findings, points
 from .html import results_classes, table_html, write_html
 from .plan import advice, needs, write_plan_csv
 from .publish import log_to_wandb
@@ -67,10 +67,10 @@ def _method(cfg: DictConfig, runs: int) -> str:
             f"baseline at each column, and the contrasts; each pair of cells once) and, separately, over the column "
             f"effects; its interval is {held} at the Holm-adjusted level (0.05 × p / Holm p), which excludes 0 "
             f"exactly when Holm p < 0.05. Equivalent: two one-sided Welch tests (TOST) within "
-            f"±{cfg.equivalence_margin:g} points, Holm-adjusted: the Holm-adjusted 90% CI lies inside the margin. "
+            f"{points(cfg.equivalence_margin)}, Holm-adjusted: the Holm-adjusted 90% CI lies inside the margin. "
             "Not distinguishable: neither shown; not the same as equal. \"Detects about X points\": the difference "
-            "a two-sided Welch test finds with 80% power at the cells' n and spreads, at the level Holm held that "
-            "comparison to.")
+            "a two-sided Welch test finds with 80% power at the cells' n and spreads, at Holm's threshold for that "
+            "comparison (0.05 / (m − rank), rank 0 the smallest of the family's m p-values).")
 
 
 def make_report(cfg: DictConfig) -> Path:

@@ -3,8 +3,8 @@ command that adds them to the sweep.
 
 For every comparison the report could not decide (not distinguishable: neither a difference nor
 equivalence shown), the seeds per side a two-sided Welch test needs for 80% power at the observed
-difference and spreads, at the level Holm held that comparison to in this report (0.05 x p / Holm
-p, the `alpha` column; results/power.py). The command is
+difference and spreads, at Holm's threshold for that comparison in this report (0.05 / (m - rank),
+the `alpha` column; results/power.py). The command is
 the sweep's own (multirun.yaml) with its `seed=` list extended to the largest such number:
 relaunching skips the runs that exist, so only the new seeds train, in every cell of the sweep.
 """
@@ -32,7 +32,7 @@ class Need:
     n_needed: int | None  # per side; None: more than MOST_SEEDS
     difference: float
     sd: float  # the two cells' spreads combined: sqrt((sd_a^2 + sd_b^2) / 2)
-    alpha: float  # the level the comparison was held to: 0.05 * p / Holm p
+    alpha: float  # Holm's threshold for the comparison: 0.05 / (m - rank)
 
 
 def needs(analyses: list[Analysis], cols_key: str) -> list[Need]:
@@ -97,17 +97,21 @@ def advice(rows: list[Need], runs_dir: Path, seeds: list[int], cells: int) -> st
     if not known:
         return "Plan:" + tail
     count = max(known)
+    most = next(n for n in rows if n.n_needed == count)
     new_seeds = extended_seeds(seeds, count)
     what = (f"Plan: {len(known)} undecided comparison(s) need up to {count} seeds per side for 80% power at their "
-            f"observed differences (two-sided Welch at the level Holm held each to; plan.csv); that is "
+            f"observed differences (two-sided Welch at Holm's threshold for each; plan.csv), the most for "
+            f"{most.series} against {most.against} at {most.at} ({most.difference:+.2f} points, sd {most.sd:.2f}); "
+            f"that is "
             f"{len(new_seeds) - len(seeds)} more seed(s) for each of the {cells} configurations, "
             f"{(len(new_seeds) - len(seeds)) * cells} runs.")
     held = sum(1 for n in rows if n.n_needed is not None and n.n_needed <= n.n_now)
-    if held:  # only a test coarser than Welch's leaves such a comparison undecided: test=permutation
-        what += (f" {held} of them already have that many seeds for a Welch test: the permutation test, whose "
-                 "smallest p with n and n runs is 2 / C(2n, n), is what holds them back.")
+    if held:  # its own p met its threshold (Welch): an earlier step did not reject; or test=permutation
+        what += (f" {held} of them already have that many seeds for a Welch test: what holds them back is an "
+                 "earlier step of Holm's procedure that did not reject (or, with test=permutation, its coarse "
+                 "p-values: the smallest with n and n runs is 2 / C(2n, n)).")
     command = sweep_command(runs_dir, new_seeds)
     if command is None:
-        return (f"{what} No multirun.yaml in {runs_dir}: relaunch the sweep's command with "
-                f"seed={','.join(map(str, new_seeds))}.{tail}")
-    return f"{what} Relaunching skips the runs that exist:\n\n    {command}\n{tail}"
+        return (f"{what}{tail} No multirun.yaml in {runs_dir}: relaunch the sweep's command with "
+                f"seed={','.join(map(str, new_seeds))}.")
+    return f"{what}{tail} Relaunching skips the runs that exist:\n\n    {command}\n"

@@ -10,9 +10,9 @@ G*Power). From it:
 - `seeds_needed`: the seeds per side (the same n for both cells) a comparison needs for 80% power
   at the observed difference and spreads.
 
-The report evaluates both at the level Holm's step-down held the comparison to (0.05 x p / Holm
-p: 0.05 in a family of one, 0.05 / m at the first of m steps), the level its verdict used; so an
-undecided comparison never "detects" less than the difference it left undecided.
+The report evaluates both at the threshold Holm's step-down compares the comparison's p with,
+0.05 / (m - rank) (0.05 in a family of one, 0.05 / m for the smallest of m p-values;
+stats.holm_thresholds): what a comparison detects in the family it is in.
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@
   manufacture "significant" differences.
 - `significant`: the one decision rule the report applies to an adjusted p-value.
 - `holm_interval`: the interval of a difference at the level its Holm decision used, so that it
-  excludes zero exactly when the adjusted p is significant.
+  excludes zero exactly when the adjusted p is significant; `holm_thresholds`: the level each p
+  meets in Holm's step-down (alpha / (m - rank)), to plan power at.
 - `tost` and `equivalence_interval`: two one-sided Welch tests against a margin: the only test
   that can say "equal within a point" (not significant is not equal).
 
@@ -166,6 +167,17 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - rank) * p))
         adjusted[i] = float(running)
     return adjusted
+
+
+def holm_thresholds(p_values: Sequence[float | None], alpha: float = ALPHA) -> list[float | None]:
+    """The threshold Holm's step-down compares each p with: alpha / (m - rank) for the rank-th smallest
+    of the m defined p-values (0-based; ties in input order, as `holm` sorts them); None stays None. The
+    level to plan a comparison's power at: the family is the same, only the comparison's n would grow."""
+    defined = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    out: list[float | None] = [None] * len(p_values)
+    for rank, (_, i) in enumerate(defined):
+        out[i] = alpha / (len(defined) - rank)
+    return out
 
 
 def significant(p_adjusted: float | None, alpha: float = ALPHA) -> bool:

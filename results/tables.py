@@ -159,7 +159,7 @@ def write_comparisons_csv(path: Path, analyses: list[Analysis]) -> None:
         w.writerow(["facet", "kind", "column", "a", "b", "n_a", "n_b", "diff_mean", "diff_ci_low", "diff_ci_high",
                     "p_value", "p_holm", "significant", "test", "verdict", "diff_ci_holm_low", "diff_ci_holm_high",
                     "p_tost", "p_tost_holm", "equivalence_ci_low", "equivalence_ci_high", "equivalence_margin",
-                    "detectable_difference", "holm_level"])
+                    "detectable_difference", "holm_threshold"])
         for a in analyses:
             for r in [*a.comparisons, *a.effects]:
                 res = r.result

@@ -148,18 +148,17 @@ def test_plan_writes_the_seeds_an_undecided_comparison_needs_and_the_command_tha
     assert reader.fieldnames[:7] == ["at", "series", "against", "n_now", "n_needed", "difference", "sd"]
     assert set(plan) == {"ln", "gn"}
     raw = sorted(sps.ttest_ind(values[n], values["bn"], equal_var=False).pvalue for n in ("ln", "gn", "in"))
-    holm = [min(1, max((3 - i) * raw[i] for i in range(k + 1))) for k in range(3)]
     for norm in ("ln", "gn"):
         a, b = values[norm], values["bn"]
         diff, sa, sb = np.mean(a) - np.mean(b), np.std(a, ddof=1), np.std(b, ddof=1)
         p = sps.ttest_ind(a, b, equal_var=False).pvalue
-        alpha = 0.05 * p / holm[raw.index(p)]  # the level Holm's step-down held this comparison to
+        alpha = 0.05 / (3 - raw.index(p))  # Holm's step-down compares the k-th smallest of 3 p-values with 0.05 / (3 - k)
         needed = next(n for n in range(2, 1000) if power_by_integral(diff, sa, sb, n, n, alpha) >= 0.8)
         assert float(plan[norm].pop("alpha")) == pytest.approx(alpha, rel=1e-5)
         assert plan[norm] == {"facet": "", "at": "batch 8", "series": norm, "against": "bn (vs best)", "n_now": "3",
                               "n_needed": str(needed), "difference": f"{diff:.4f}",
                               "sd": f"{math.sqrt((sa**2 + sb**2) / 2):.4f}"}
-        assert alpha < 0.049 if norm == "ln" else alpha == pytest.approx(0.05)  # ln: held to 0.05 / 2
+        assert alpha == pytest.approx(0.025 if norm == "ln" else 0.05)  # in < ln < gn
     most = max(int(r["n_needed"]) for r in plan.values())
     command = (f"python train.py -m norm=bn,ln,in data=synthetic seed={','.join(map(str, range(most)))} "
                f"hydra.sweep.dir={tmp_path}")

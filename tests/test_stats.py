@@ -12,7 +12,7 @@ from scipy.stats import t as student_t
 
 from results.power import detectable_difference, seeds_needed, welch_power
 from results.stats import (CONFIDENCE, Comparison, Summary, compare, equivalence_interval, holm, holm_interval,
-                           permutation_interval, significant, summarize, tost)
+                           holm_thresholds, permutation_interval, significant, summarize, tost)
 
 CELL = [23.1, 24.0, 22.7, 23.8, 24.4]          # test errors (%) of one cell, 5 seeds
 A = [21.3, 21.9, 22.4, 21.6]                   # two cells with different n and spread: Welch != Student
@@ -192,6 +192,12 @@ def test_holm_passes_none_through_and_does_not_count_it():
     got = holm([None, 0.01, None, 0.04, 0.03, 0.005])
     assert got[0] is None and got[2] is None
     assert got[1:2] + got[3:] == pytest.approx([0.03, 0.06, 0.06, 0.02])   # m = 4, not 6
+
+
+def test_holm_thresholds_are_the_step_down_levels():
+    # The k-th smallest of m p-values (0-based) is compared with alpha / (m - k); None is not a test.
+    assert holm_thresholds([0.01, 0.04, None, 0.03, 0.005]) == pytest.approx([0.05 / 3, 0.05, None, 0.05 / 2, 0.05 / 4])
+    assert holm_thresholds([0.2], alpha=0.1) == [0.1] and holm_thresholds([]) == []
 
 
 def test_holm_caps_at_one_and_handles_empty():
