@@ -17,7 +17,8 @@ stratified bootstrap resamples runs with replacement within each task, here each
 column) cell (rliable's StratifiedBootstrap); intervals are percentile intervals; the
 probability of improvement is per column the Mann-Whitney U statistic over n_x * n_y (ties
 count one half), averaged over columns (rliable's metrics.probability_of_improvement, with lower
-error as better). Seeded: the same runs give the same intervals.
+error as better). Seeded: the same runs give the same intervals. tests/test_stats.py checks
+the IQM, its interval and the probability of improvement against rliable 1.2.0's own output.
 """
 from __future__ import annotations
 
