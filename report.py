@@ -15,15 +15,17 @@ carries its 95% confidence interval. results/ does the work (results/__init__.py
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 
 import hydra
 from omegaconf import DictConfig
 
 from record.cli import one_line_errors
 from results import make_report
-from results.config import register
+from results.config import ReportConfig, register
 
 register()
+REPORT_OPTIONS = tuple(f.name for f in fields(ReportConfig))
 LIST_OPTIONS = ("rows", "cols", "facet", "select")  # comma-separated keys
 CONTRASTS = "contrasts"  # comma-separated '<series>@<column> vs <series>@<column>', or a Hydra list
 
@@ -45,6 +47,10 @@ def _cli(argv: list[str]) -> list[str]:
     out = list(argv[:1])
     for arg in argv[1:]:
         key, eq, value = arg.partition("=")
+        name = key.lstrip("+~").split(".")[0]
+        if key[:1] in "+~" and name not in REPORT_OPTIONS and name != "hydra":  # Hydra would add it, unread
+            print(f"error: {arg}: report.py has no option {name!r}; valid: {', '.join(REPORT_OPTIONS)}", file=sys.stderr)
+            sys.exit(2)
         if not eq and not arg.startswith("-") and not out[1:]:
             arg = f"runs_dir={arg}"
         elif eq and key in LIST_OPTIONS and "," in value and value[:1] not in "'\"[":

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, clean_env, run_train
+from conftest import REPO, clean_env, one_line_error, run_train
 from fake_runs import BASE, fake_run, hydra_conf, report  # noqa: F401 - hydra_conf is a fixture
 from scipy import optimize
 from scipy import stats as sps
@@ -320,3 +320,12 @@ def test_cli_bad_option_is_one_line_and_no_argument_prints_usage(tmp_path):
         f"error: no runs (summary.json or .hydra/config.yaml) found under {tmp_path / 'empty'}"]
     proc = subprocess.run([sys.executable, str(REPO / "report.py")], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "python report.py runs/quick" in proc.stderr
+
+
+def test_an_added_option_the_report_does_not_have_is_refused_by_name(tmp_path):
+    """`+colz=norm` is what Hydra's own hint tells a user to type for an unknown key; Hydra would
+    add it and the report would never read it."""
+    proc = subprocess.run([sys.executable, str(REPO / "report.py"), str(tmp_path), "+colz=norm"], cwd=REPO,
+                          env=clean_env(), capture_output=True, text=True, timeout=120)
+    line = one_line_error(proc)
+    assert line.startswith("error: +colz=norm: report.py has no option 'colz'; valid: runs_dir, out_dir, cols,")
