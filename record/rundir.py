@@ -22,6 +22,7 @@ from pathlib import Path
 from .code import stale
 from .io import now, set_aside, write_json
 from .run import SUMMARY_FILE, Malformed, RunRecord
+from .secrets import scrub_values
 
 STATES = ("done", "stale", "partial", "failed", "foreign", "to run")
 
@@ -74,7 +75,7 @@ class RunDir:
         record.finished_at = now()
         if started is not None:
             record.wall_seconds = time.time() - started
-        write_json(self.summary, record.to_summary(self.path))
+        write_json(self.summary, scrub_values(record.to_summary(self.path)))  # a secret in a run name or tag
 
     def set_aside(self, path: Path, why: str, tag: str = "unreadable") -> Path:
         return set_aside(path, why, tag)

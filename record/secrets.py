@@ -1,8 +1,12 @@
 """A W&B key, or anything named like a key or token, never reaches a file NormLab writes.
 
-Values come from two places: environment variables named like secrets (their values are
-replaced wherever they appear) and config keys or command-line assignments named like
-secrets (their values are replaced).
+Values are found three ways, and only these (an ordinary word is never taken for one):
+- exact values: of environment variables named like secrets, and of secret-named assignments
+  on this process's command line (`+my_api_key=...`), replaced wherever they appear;
+- config keys named like secrets: their values, in a config tree;
+- token patterns: a secret-named assignment in text (`api_key: 3f9a...`) whose value looks like
+  a key (at least 8 characters, letters and digits together), as Hydra's files and messages
+  echo what was typed.
 """
 from __future__ import annotations
 
@@ -14,13 +18,20 @@ from pathlib import Path
 
 SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|passw(or)?d|credential|auth)", re.IGNORECASE)
 REDACTED = "<redacted>"
-_SECRET_ASSIGNMENT = re.compile(r"([\w.+~]*(?:api[_-]?key|token|secret|passw(?:or)?d|credential|auth)\w*\s*[:=]\s*)([^\s,'\]]+)",
-                                re.IGNORECASE)
+_SECRET_ASSIGNMENT = re.compile(r"""([\w.+~]*(?:api[_-]?key|token|secret|passw(?:or)?d|credential|auth)\w*\s*[:=]\s*['"]?)"""
+                                r"""([^\s,'"\]]+)""", re.IGNORECASE)
+_KEY_LIKE = re.compile(r"(?=.*[A-Za-z])(?=.*\d)[^\s,'\]]{8,}")  # a key's shape: 8+ characters, letters and digits
 
 
 def _secret_values() -> list[str]:
-    """Values of environment variables named like secrets (long enough to be one), longest first."""
-    return sorted((v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8), key=len, reverse=True)
+    """Exact secret values, longest first: of environment variables named like secrets (long
+    enough to be one), and of secret-named assignments typed on this process's command line."""
+    values = {v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8}
+    for arg in sys.argv[1:]:
+        key, eq, value = arg.partition("=")
+        if eq and SECRET_NAME.search(key) and len(value) >= 4 and value.lower() not in ("null", "none", "true", "false"):
+            values.add(value)
+    return sorted(values, key=len, reverse=True)
 
 
 def scrub(text: str) -> str:
@@ -42,9 +53,22 @@ def redact(obj):
     return obj
 
 
+def scrub_values(obj):
+    """A copy of a record with every string scrubbed of exact secret values (run names, tags
+    and errors may hold one); keys are kept."""
+    if isinstance(obj, dict):
+        return {k: scrub_values(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub_values(v) for v in obj]
+    return scrub(obj) if isinstance(obj, str) else obj
+
+
 def scrub_assignments(text: str) -> str:
-    """`my_api_key=...` and secret environment values replaced (a command line, a Hydra file)."""
-    return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, scrub(text))
+    """Exact secret values, and `my_api_key=<a key-shaped value>`, replaced (a command line, a
+    Hydra file, the console); `token: no such key` keeps its words."""
+    def replace(m):
+        return m.group(1) + REDACTED if _KEY_LIKE.fullmatch(m.group(2)) else m.group(0)
+    return _SECRET_ASSIGNMENT.sub(replace, scrub(text))
 
 
 def scrub_argv(argv: list[str]) -> list[str]:

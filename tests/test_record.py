@@ -81,6 +81,8 @@ def _record(status="completed", identity="aaaa0000", commit=None, **results):
     ("failed", None, True, "partial"),
     ("running", None, True, "partial"),
     ("failed", None, False, "failed"),
+    ("stopped", None, True, "partial"),  # a time or step limit: resumable, never a result
+    ("stopped", None, False, "failed"),
     ("running", None, False, "to run"),  # killed before its first checkpoint
     (None, None, False, "to run"),
     (None, None, True, "partial"),
@@ -118,3 +120,26 @@ def test_a_sweep_moved_elsewhere_reports_with_its_step_curves(tmp_path):
     for run in runs:
         assert run.csv_log == run.path / "metrics.csv" and run.csv_log.is_file()
         assert len(step_curve(run)) >= 3
+
+
+def test_a_secret_in_a_run_name_or_tag_never_reaches_summary_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-77")
+    monkeypatch.setattr(sys, "argv", ["train.py", "+db_password=typed-pass-42"])
+    record = _record()
+    record.what.run_name, record.what.tags = "bn-s3cr3t-value-77", ["typed-pass-42", "baseline"]
+    RunDir(tmp_path).write(record)
+    text = (tmp_path / "summary.json").read_text()
+    assert "s3cr3t-value-77" not in text and "typed-pass-42" not in text
+    assert json.loads(text)["tags"] == ["<redacted>", "baseline"] and json.loads(text)["run_name"] == "bn-<redacted>"
+
+
+@pytest.mark.parametrize("text,scrubbed", [
+    ("KeyError: token: no such key", "KeyError: token: no such key"),  # words stay words
+    ("author: Summers", "author: Summers"),
+    ("+my_api_key=abc123def456 seed=0", "+my_api_key=<redacted> seed=0"),  # a key-shaped value
+    ("wandb_api_key: '0123456789abcdef0123'", "wandb_api_key: '<redacted>'"),
+])
+def test_secret_assignments_are_scrubbed_by_their_shape_never_by_dropping_words(text, scrubbed):
+    from record.secrets import scrub_assignments
+
+    assert scrub_assignments(text) == scrubbed
