@@ -14,6 +14,7 @@ file is never trained on as something else (PIL refuses truncated files, and the
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -43,6 +44,22 @@ def _load_rgb(path: str):
             return image.convert("RGB")  # decodes the whole file now: a truncated one raises here
     except (OSError, ValueError) as err:
         raise UnreadableImage(f"data.root: cannot decode image {path} ({type(err).__name__}: {err})") from None
+
+
+def _count_images(folder: Path, seen: set, extensions: tuple) -> int:
+    """The image files under `folder`, walked as ImageFolder walks (following directory links),
+    refusing a directory reached twice: a link that loops back (ImageFolder would walk it until
+    the path is too long, and train on thousands of copies under the wrong class) or that
+    duplicates a folder of the tree."""
+    count = 0
+    for root, _, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            raise ValueError(f"data.root: {root} is {real} again (a directory link loops or duplicates part of the "
+                             "tree); remove the link")
+        seen.add(real)
+        count += sum(1 for f in files if f.lower().endswith(extensions))
+    return count
 
 
 class Folder(Dataset):
@@ -114,12 +131,19 @@ class ImageFolderDataModule(ImageDataModule):
             missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
             raise ValueError(f"data.root: the class folders of {path} differ from train/'s (missing: {missing[:5]}, "
                              f"not in train/: {extra[:5]})")
+        seen, images = {os.path.realpath(path)}, 0
         for name in found:
             folder = path / name
-            if not any(f.suffix.lower() in IMG_EXTENSIONS for f in folder.rglob("*") if f.is_file()):
+            count = _count_images(folder, seen, IMG_EXTENSIONS)
+            if not count:
                 raise FileNotFoundError(f"data.root: class folder {folder} holds no images "
                                         f"({', '.join(IMG_EXTENSIONS)})")
-        return ImageFolder(str(path), loader=_load_rgb)
+            images += count
+        dataset = ImageFolder(str(path), loader=_load_rgb)  # it follows directory links
+        if len(dataset.samples) != images:
+            raise ValueError(f"data.root: {path} holds {images} images but ImageFolder found {len(dataset.samples)} "
+                             "samples; check the tree for links")
+        return dataset
 
     def _transform(self, train: bool):
         from torchvision import transforms as T

@@ -60,6 +60,11 @@ def test_the_tree_is_split_decoded_and_transformed_as_imagenet_is(tree):
     (lambda t: __import__("shutil").rmtree(t / "val"), r"data.root=.*tree: no val/ folder \(.*tree/val\)"),
     (lambda t: [p.unlink() for p in (t / "train" / "bee").iterdir()], r"data.root: class folder .*train/bee holds no images"),
     (lambda t: (t / "val" / "bee").rename(t / "val" / "bat"), r"the class folders of .*tree/val differ from train/'s"),
+    # a link back up the tree: torchvision's walk would turn 24 images into thousands, some under the wrong class
+    (lambda t: (t / "train" / "cat" / "loop").symlink_to(t / "train", target_is_directory=True),
+     r"data.root: .*tree/train/cat/loop is .*tree/train again \(a directory link loops"),
+    (lambda t: (t / "train" / "cat" / "bees").symlink_to(t / "train" / "bee", target_is_directory=True),
+     r"data.root: .*tree/train/cat/bees is .*tree/train/bee again \(a directory link loops or duplicates"),
 ])
 def test_a_broken_tree_is_one_line_naming_the_path(tree, breakage, message):
     breakage(tree)
