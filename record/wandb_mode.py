@@ -41,6 +41,11 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def server_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the W&B server cannot be reached ("api.wandb.ai is not reachable"), or None."""
+    return None if _reachable(_base_url(), timeout) else f"{urlparse(_base_url()).hostname} is not reachable"
+
+
 def wandb_mode(requested: str) -> tuple[str, str]:
     """(mode, why): the mode to start W&B in, and the reason, for one line on the console."""
     if requested in ("online", "offline", "disabled"):
@@ -51,8 +56,9 @@ def wandb_mode(requested: str) -> tuple[str, str]:
         return os.environ["WANDB_MODE"], "WANDB_MODE is set"
     if not key_present():
         return "offline", "no W&B API key; run `wandb login` to log online"
-    if not _reachable(_base_url()):
-        return "offline", f"{urlparse(_base_url()).hostname} is not reachable"
+    unreachable = server_unreachable()
+    if unreachable:
+        return "offline", unreachable
     return "online", "logged in"
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 
 
 def norm_vs_batch_workspace(entity: str, project: str, experiment: str | None = None):
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", help="only this experiment's runs (e.g. quick); default: every run of the project")
     p.add_argument("--save", action="store_true", help="create the workspace in W&B (needs a login)")
     p.add_argument("--json", action="store_true", help="print the whole spec")
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for W&B when saving (default 60)")
     args = p.parse_args(argv)
     workspace = norm_vs_batch_workspace(args.entity, args.project, args.experiment)
     if args.json:
@@ -80,14 +83,37 @@ def main(argv: list[str] | None = None) -> int:
     if not args.save:
         print("not saved (--save creates it in W&B)")
         return 0
-    from record.wandb_mode import key_present
+    from record.secrets import scrub
+    from record.wandb_mode import key_present, server_unreachable
 
     if not key_present():
         print("error: saving a workspace needs a W&B login: run `wandb login` (or set WANDB_API_KEY)", file=sys.stderr)
         return 2
-    saved = workspace.save()
-    print(f"saved: {saved.url}")
-    return 0
+    unreachable = server_unreachable()
+    if unreachable:
+        print(f"error: {unreachable}; the workspace was not saved", file=sys.stderr)
+        return 2
+    # W&B's client retries a request for minutes: the save gets args.timeout seconds, then one line.
+    done: dict = {}
+
+    def save():
+        try:
+            done["url"] = workspace.save().url
+        except Exception as err:  # noqa: BLE001 - any failure of the client is one line
+            done["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+
+    worker = threading.Thread(target=save, daemon=True)
+    worker.start()
+    worker.join(args.timeout)
+    if "url" in done:
+        print(f"saved: {done['url']}")
+        return 0
+    why = scrub(done.get("error", f"no answer from W&B in {args.timeout:g} s"))
+    print(f"error: the workspace was not saved ({why})", file=sys.stderr, flush=True)
+    if worker.is_alive():  # still retrying: it would keep the interpreter from exiting
+        sys.stdout.flush()
+        os._exit(2)
+    return 2
 
 
 if __name__ == "__main__":

@@ -241,3 +241,26 @@ def test_the_workspace_command_prints_its_panels_and_saving_needs_a_login(tmp_pa
                                                "(or set WANDB_API_KEY)")
     filters = json.dumps(workspace.spec(workspace.norm_vs_batch_workspace("someone", "normlab", "quick")))
     assert "quick" in filters and "config:batch_size.value" in filters
+
+
+def test_saving_a_workspace_without_a_network_is_one_line_and_never_hangs(tmp_path):
+    """With a key and no reachable server, or a server that never answers, --save ends in one
+    line within its timeout (it once printed a 35-line traceback and hung until killed)."""
+    import socket
+
+    env = clean_env(WANDB_API_KEY="0123456789abcdef0123456789abcdef01234567", HOME=str(tmp_path))
+    cmd = [sys.executable, "-m", "results.workspace", "--entity", "someone", "--save", "--timeout", "5"]
+    closed = subprocess.run(cmd, cwd=REPO, env={**env, "WANDB_BASE_URL": "http://127.0.0.1:9"}, capture_output=True,
+                            text=True, timeout=120)
+    assert closed.returncode == 2 and closed.stderr.strip().splitlines() == [
+        "error: 127.0.0.1 is not reachable; the workspace was not saved"]
+    with socket.socket() as silent:  # accepts connections, answers nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        mute = subprocess.run(cmd, cwd=REPO, env={**env, "WANDB_BASE_URL": f"http://127.0.0.1:{port}"},
+                              capture_output=True, text=True, timeout=120)
+    lines = mute.stderr.strip().splitlines()
+    assert mute.returncode == 2 and "Traceback" not in mute.stderr, mute.stderr[-2000:]
+    assert lines[-1].startswith("error: the workspace was not saved ("), lines
+    assert "0123456789abcdef0123456789abcdef01234567" not in mute.stdout + mute.stderr
