@@ -12,7 +12,8 @@ class ResumableCSVLogger(CSVLogger):
 
     Lightning deletes an existing metrics.csv when its writer starts. When a run resumes from
     a checkpoint taken at global step `resume_step`, this logger first keeps the rows logged
-    before that step, so the file ends up holding every step and epoch exactly once.
+    before that checkpoint, so the file ends up holding every step and epoch exactly once, with
+    every column it ever had.
     """
 
     def __init__(self, run_dir: Path, resume_step: int | None = None):
@@ -25,6 +26,16 @@ class ResumableCSVLogger(CSVLogger):
             metrics = {**metrics, "epoch": int(metrics["epoch"])}
         super().log_metrics(metrics, step)
 
+    def _before_resume(self, step: int, row: dict) -> bool:
+        """Whether the checkpointed run logged this row before its checkpoint at `resume_step`.
+        Rows at that very step are its epoch end (validation, training metrics, diagnostics),
+        which the resumed run never logs again, except the step curve's `train/loss_step`, which
+        the next training step logs at the same step number. A test row is never kept: the
+        relaunch tests again."""
+        if any(k.startswith("test/") and v for k, v in row.items()):
+            return False
+        return step < self.resume_step or (step == self.resume_step and not row.get("train/loss_step"))
+
     @property
     @rank_zero_experiment
     def experiment(self):
@@ -34,7 +45,7 @@ class ResumableCSVLogger(CSVLogger):
             if self.resume_step is not None and path.is_file():
                 with open(path, newline="") as f:
                     kept = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)
-                            if row.get("step") and int(row["step"]) < self.resume_step]
+                            if row.get("step") and self._before_resume(int(row["step"]), row)]
             writer = CSVLogger.experiment.fget(self)  # removes the old file
             writer.metrics[:0] = kept
         return self._experiment

@@ -323,3 +323,24 @@ def test_paths_the_file_system_refuses_are_one_line(tmp_path, small_disk):
     assert proc.returncode == 1 and "1 run(s) of the sweep failed" in proc.stderr
     (summary,) = (tmp_path / "sweep").rglob("summary.json")
     assert len(summary.parent.name) == 200 + 9 and json.loads(summary.read_text())["status"] == "failed"
+
+
+def test_a_run_stopped_after_its_last_step_keeps_every_row_and_column_of_its_csv_log(tmp_path):
+    """A SIGTERM while testing leaves the checkpoint of the last step and an `interrupted`
+    record (this test writes that state, which a signal cannot hit reliably). The relaunch
+    resumes at the last step and only tests: the CSV log keeps the last epoch's row (its
+    validation and diagnostics), which it once dropped with every column only that row had."""
+    run = ["data=synthetic", "data.train_size=256", "data.batch_size=16", "trainer.max_epochs=2", "logger=csv",
+           "diagnostics.every_n_steps=5", f"hydra.run.dir={tmp_path}"]
+    run_train(*run)
+    with open(tmp_path / "metrics.csv") as f:
+        before = list(csv.DictReader(f))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("test_acc", "test_loss"):
+        summary.pop(key)
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": "interrupted", "error": "signal"}))
+    relaunch = run_train(*run)
+    assert "(step 32)" in relaunch.stdout
+    with open(tmp_path / "metrics.csv") as f:
+        after = list(csv.DictReader(f))
+    assert after == before
