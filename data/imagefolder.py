@@ -46,6 +46,21 @@ def _load_rgb(path: str):
         raise UnreadableImage(f"data.root: cannot decode image {path} ({type(err).__name__}: {err})") from None
 
 
+def check_decodable(paths) -> None:
+    """Decode every image of a split (JPEGs at 1/8 scale, PIL's draft mode: about a millisecond
+    each), so a corrupt file in val/ is one line before training, not after it."""
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                image = Image.open(f)
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()  # a truncated file raises here
+        except (OSError, ValueError) as err:
+            raise UnreadableImage(f"data.root: cannot decode image {path} ({type(err).__name__}: {err})") from None
+
+
 def _count_images(folder: Path, seen: set, extensions: tuple) -> int:
     """The image files under `folder`, walked as ImageFolder walks (following directory links),
     refusing a directory reached twice: a link that loops back (ImageFolder would walk it until
@@ -174,6 +189,7 @@ class ImageFolderDataModule(ImageDataModule):
         if len(train_idx) < self.batch_size:
             raise ValueError(f"data.batch_size={self.batch_size} is larger than the training set ({len(train_idx)} "
                              "images): with drop_last=True no training batch would remain")
+        check_decodable(path for path, _ in test.samples)  # the split read only after training
         self._splits = {"train": Folder(train, self._transform(True), train_idx),
                         "val": Folder(train, self._transform(False), val_idx),
                         "test": Folder(test, self._transform(False))}

@@ -94,6 +94,14 @@ def test_a_corrupt_image_is_never_trained_on_and_named_in_one_line(tree, tmp_pat
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
+def test_a_corrupt_image_in_val_is_found_before_training(tree):
+    victim = tree / "val" / "bee" / "001.JPEG"
+    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])  # truncated after its header
+    dm = data.build({"name": "imagefolder", "root": str(tree), "num_workers": 0, **SMALL})
+    with pytest.raises(UnreadableImage, match=f"data.root: cannot decode image {victim} \\(OSError"):
+        dm.setup()  # val/ is read only after training: checked here, before it
+
+
 def test_a_run_trains_on_an_imagefolder_tree_through_the_cli(tree, tmp_path):
     run_train("data=imagefolder", f"data.root={tree}", "data.crop_size=32", "data.resize_size=36", "data.val_size=6",
               "data.batch_size=4", "data.num_workers=2", "model=resnet8", "model.width=8", "norm=gn",
