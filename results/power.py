@@ -70,3 +70,4 @@ def seeds_needed(diff: float, sd_a: float | None, sd_b: float | None, power: flo
         mid = (low + high) // 2
         low, high = (low, mid) if enough(mid) else (mid, high)
     return max(high, 2)
+

@@ -418,3 +418,31 @@ def test_failed_runs_are_counted_and_never_reach_the_profile():
                    np.sum(np.array(RL_Y)[:, 2] <= 19.0) / 7]
     assert fractions["Y"][0][0] == pytest.approx(np.mean(y_by_column))
     assert fractions["Y"][0][1] == pytest.approx((1 + 1 + 5 / 7) / 3) and fractions["X"][0][1] == 1.0
+
+
+def test_the_seeds_a_study_needs_come_from_a_sweeps_spread(tmp_path, capsys):
+    """`python -m results.seeds`: cells of known spread; the seeds per side for 1 point at 80 %
+    power equal the smallest n at which the noncentral t (equal n and sd: df 2n - 2, noncentrality
+    1 / (sd * sqrt(2 / n))) rejects a two-sided test at 0.05 with probability 0.8 (scipy)."""
+    from scipy import stats as st
+
+    from results import seeds
+
+    rows = ["norm.kind,data.batch_size,seed,status,test_error,val_error,best_epoch,images_per_second,path"]
+    for kind, errors in (("bn", (20.0, 20.5, 21.0)), ("gn", (22.0, 23.0, 24.0))):  # sd 0.5 and 1.0
+        rows += [f"{kind},2,{s},completed,{e},0,1,1,x" for s, e in enumerate(errors)]
+    rows.append("in,2,0,failed,,,,,x")
+    (tmp_path / "runs.csv").write_text("\n".join(rows) + "\n")
+    assert seeds.main([str(tmp_path / "runs.csv")]) == 0
+    out = capsys.readouterr().out
+
+    def independent(sd):
+        def power(n):
+            df, nc = 2 * n - 2, 1.0 / (sd * (2 / n) ** 0.5)
+            t = st.t.ppf(0.975, df)
+            return st.nct.sf(t, df, nc) + st.nct.cdf(-t, df, nc)
+        return next(n for n in range(2, 1000) if power(n) >= 0.8)
+
+    assert "2 cells with 2+ seeds: seed-to-seed sd of test error 0.50 to 1.00 points, median 0.75" in out
+    assert f"at the widest sd (1.00): {independent(1.0)} seeds per side" in out
+    assert f"at the median sd (0.75): {independent(0.75)} seeds per side" in out
