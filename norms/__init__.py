@@ -27,6 +27,7 @@ from .registry import (
     LAYOUTS,
     Norm,
     build,
+    check_batch,
     check_sites,
     get,
     includes_activation,
@@ -44,5 +45,5 @@ _FIRST = ("batch", "layers")
 for _name in (*_FIRST, *sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in (*_FIRST, "registry"))):
     importlib.import_module(f"{__name__}.{_name}")
 
-__all__ = ["LAYOUTS", "Norm", "build", "check_sites", "get", "includes_activation", "kind_of", "kinds", "label", "normalization_batch",
+__all__ = ["LAYOUTS", "Norm", "build", "check_batch", "check_sites", "get", "includes_activation", "kind_of", "kinds", "label", "normalization_batch",
            "register", "unregister", "uses_batch_statistics"]

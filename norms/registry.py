@@ -53,6 +53,13 @@ class Norm:
     missing_layouts: Mapping[str, str] = field(default_factory=dict)
     # runs vectorized over a pack of runs (torch.func.vmap; harness/packed): False, such runs train alone
     packs: bool = True
+    # normalization_batch(options, per_device_batch, world_size): how many samples one statistic
+    # averages over in training, where the options decide it otherwise than ghost batches and
+    # `sync` do (bgn: its examples_per_group); 1 means the options take no statistics over samples
+    normalization_batch: Callable[[Mapping, int, int], int] | None = None
+    # check_batch(options, per_device_batch): raise ValueError naming the option and the valid
+    # values when the options cannot split a training batch of that size (before training)
+    check_batch: Callable[[Mapping, int], None] | None = None
 
     def option_type(self, name: str):
         """The type an option's value must have (Optional when its default is None)."""
@@ -150,16 +157,23 @@ def _options(norm_cfg: Mapping) -> tuple[Norm, dict]:
 
 
 def uses_batch_statistics(norm_cfg: Mapping) -> bool:
-    return get(norm_cfg["kind"]).batch_statistics
+    """Whether the norm, with these options, takes statistics over the samples of a batch (bgn
+    with examples_per_group=1 is a gn and does not: its own normalization_batch says 1)."""
+    norm, options = _options(norm_cfg)
+    if not norm.batch_statistics:
+        return False
+    return norm.normalization_batch is None or norm.normalization_batch(options, 2, 1) > 1
 
 
 def normalization_batch(norm_cfg: Mapping, per_device_batch: int, world_size: int) -> int:
     """How many samples a norm's statistics average over in training: a batch-statistics norm
     the per-device batch, its virtual (ghost) batches, or with `sync` the batches of every
-    process; any other norm one sample."""
+    process (or what its entry's own `normalization_batch` says); any other norm one sample."""
     norm, options = _options(norm_cfg)
     if not norm.batch_statistics:
         return 1
+    if norm.normalization_batch is not None:
+        return norm.normalization_batch(options, per_device_batch, world_size)
     if options.get("sync"):
         return per_device_batch * world_size
     return min(options.get("virtual_batch_size") or per_device_batch, per_device_batch)
@@ -177,6 +191,13 @@ def label(norm_cfg: Mapping, options: Iterable[str] | None = None) -> str:
         if text:
             parts.append(text)
     return f"{norm.kind} ({', '.join(parts)})" if parts else norm.kind
+
+
+def check_batch(norm_cfg: Mapping, per_device_batch: int) -> None:
+    """Let the norm refuse a per-device batch its options cannot split (before training)."""
+    norm, options = _options(norm_cfg)
+    if norm.check_batch is not None:
+        norm.check_batch(options, per_device_batch)
 
 
 def check_sites(norm_cfg: Mapping, sites: Callable[[], list[tuple[str, int]]]) -> None:
