@@ -14,6 +14,8 @@ sites of `none` too), from the layer's input in that step's forward pass:
 - input_std: the input's standard deviation; grad_norm: the L2 norm of the gradient of the
   layer's parameters (absent for layers without parameters). Together, the signal's scale by
   depth: what a network without normalization loses.
+- saturation (dyt, derf: the layers with a `saturation(x)`): the fraction of the input's values
+  the layer's tanh (erf) maps beyond 0.99 in absolute value, where it passes almost no gradient.
 The sums stay on the device and are read once per epoch; the epoch's means go to the history
 row (`norm_diagnostics`) and to the loggers as `diag/<layer>/<metric>`. The hooks read
 detached inputs and draw no random numbers: training is the same with or without them.
@@ -27,7 +29,7 @@ import torch
 
 import norms
 
-METRICS = ("batch_mean_noise", "batch_var_noise", "input_drift", "input_std", "grad_norm")
+METRICS = ("batch_mean_noise", "batch_var_noise", "input_drift", "input_std", "grad_norm", "saturation")
 
 
 def _channels_first(x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +113,8 @@ class NormStats:
             p_mean, p_std = previous
             self._add(i, "input_drift", (((mean - p_mean).abs() + (std - p_std).abs()) / p_std.clamp_min(1e-6)).mean())
         self._previous[i] = (mean, std)
+        if hasattr(module, "saturation"):  # the point-wise norms (dyt, derf)
+            self._add(i, "saturation", module.saturation(args[0].detach()))
         if getattr(module, "running_mean", None) is not None and norms.get(norms.kind_of(module)).batch_statistics:
             k = getattr(module, "virtual_batch_size", None) or x.shape[0]
             if k >= x.shape[0]:  # the whole batch: its statistics are the ones above
