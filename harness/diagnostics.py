@@ -116,7 +116,7 @@ class NormStats:
         if hasattr(module, "saturation"):  # the point-wise norms (dyt, derf)
             self._add(i, "saturation", module.saturation(args[0].detach()))
         if getattr(module, "running_mean", None) is not None and norms.get(norms.kind_of(module)).batch_statistics:
-            k = getattr(module, "virtual_batch_size", None) or x.shape[0]
+            k = getattr(module, "example_group", None) or x.shape[0]  # a ghost batch's, bgn's k examples
             if k >= x.shape[0]:  # the whole batch: its statistics are the ones above
                 n = x.numel() // x.shape[1]
                 b_var, b_mean = var * (n / max(n - 1, 1)), mean  # unbiased, as the running variance

@@ -14,6 +14,11 @@ kind reduces over exactly these axes (Var is the biased variance; gamma/beta per
     nlc     in    L                          sample x channel
     nlc     gn    C/G channels x L           sample x group
 
+and, beyond the four (each file's docstring has its equations): brn, frn, evonorm_s0/b0,
+rms, ln2d; dyt and derf (no statistics: element-wise tanh / erf with learned scalars); sn
+(learned mixes of in's, ln's and bn's moments); bgn (k samples x C/G channels x space: bn,
+ghost bn, gn, ln and in are its points).
+
 Each norm is declared once, in the file that defines it, by `register(Norm(...))`; every
 module in this folder is imported here, so adding a norm is adding one file (and its
 config in conf/norm/).

@@ -16,6 +16,12 @@ A subclass says what it does with the statistics: `train_forward(x)` and `eval_f
 
 bn: y = (x - mean) / sqrt(var + eps) * gamma + beta over (N, H, W) per channel (tokens: over
 (N, L)), through torch's F.batch_norm, with the running statistics in evaluation.
+
+Inference example weighing (Summers & Dinneen 2020, "Four things everyone should know to
+improve batch normalization"): a layer's `eval_example_weight` alpha (0 unless an evaluation
+sets it, harness/evaluation.py) mixes each example's own moments over space into the running
+ones at evaluation: mean = alpha * mean_i + (1 - alpha) * mean_pop, var = alpha * E_i[x^2] +
+(1 - alpha) * (var_pop + mean_pop^2) - mean^2. Training never reads it.
 """
 from __future__ import annotations
 
@@ -68,6 +74,29 @@ def per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, *[1] * (x.dim() - 2))
 
 
+def population_moments(running_mean: torch.Tensor, running_var: torch.Tensor, groups: int):
+    """The running statistics of C channels as (mean, E[x^2]) per group of C/G channels (G,):
+    the mean over the group's channels, each channel counted equally, as the authors'
+    reference code of batch-group normalization groups its per-channel moving averages."""
+    mean = running_mean.view(groups, -1)
+    return mean.mean(1), (running_var.view(groups, -1) + mean * mean).mean(1)
+
+
+def weighed_normalize(x: torch.Tensor, pop_mean: torch.Tensor, pop_sq: torch.Tensor, alpha: float,
+                      eps: float) -> torch.Tensor:
+    """x (N, C, *) normalized per sample and group of C/G channels (G = len(pop_mean)) by the
+    population moments mixed with the sample's own over (C/G, *) with weight `alpha` (inference
+    example weighing; alpha = 0: the population's alone)."""
+    n, groups = x.shape[0], pop_mean.shape[0]
+    xg = x.reshape(n, groups, -1)
+    mean, sq = pop_mean.expand(n, groups), pop_sq.expand(n, groups)
+    if alpha:
+        mean = alpha * xg.mean(-1) + (1 - alpha) * mean
+        sq = alpha * (xg * xg).mean(-1) + (1 - alpha) * sq
+    var = sq - mean * mean
+    return ((xg - mean.unsqueeze(-1)) * torch.rsqrt(var + eps).unsqueeze(-1)).reshape(x.shape)
+
+
 class BatchStatistics(nn.BatchNorm2d):
     """The base of a norm with batch statistics. Takes (N, C, *) of any rank (nn.BatchNorm2d's
     parameters and buffers, under their names, so torch's tools and checkpoints know them)."""
@@ -89,6 +118,11 @@ class BatchStatistics(nn.BatchNorm2d):
     @property
     def kind(self) -> str:
         return kind_of(self) or "bn"
+
+    @property
+    def example_group(self) -> int | None:
+        """How many samples one training statistic spans (None: the whole batch)."""
+        return self.virtual_batch_size
 
     @property
     def synced(self) -> bool:
@@ -160,9 +194,15 @@ class BatchNorm(BatchStatistics):
         factor = self.update_factor() if self.track_running_stats else 0.0
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, factor, self.eps)
 
+    eval_example_weight = 0.0  # inference example weighing's alpha; set only by an evaluation
+
     def eval_forward(self, x):
         training = self.running_mean is None  # no running statistics: batch statistics in evaluation too
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training, 0.0, self.eps)
+        if training or not self.eval_example_weight:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training, 0.0, self.eps)
+        dtype, x = x.dtype, x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        pop_mean, pop_sq = population_moments(self.running_mean, self.running_var, x.shape[1])
+        return self.affine_(weighed_normalize(x, pop_mean, pop_sq, self.eval_example_weight, self.eps)).to(dtype)
 
 
 class BatchNorm2d(BatchNorm):
