@@ -1,5 +1,6 @@
 """A finished run's checkpoint, evaluated again (eval.py): its test or validation accuracy with
-the running statistics it trained with, with PreciseBN's and with batch statistics
+the running statistics it trained with, with PreciseBN's and with batch statistics, and (bn,
+bgn) inference example weighing's alpha chosen on validation and its test accuracy
 (harness.evaluation), written to eval.json beside its summary."""
 from __future__ import annotations
 
@@ -69,9 +70,12 @@ def evaluate_run(opts) -> dict:
            "global_step": ckpt_state.get("global_step"),
            f"{opts.split}_acc": accuracy(net, dm.batches(opts.split, dm.eval_batch_size, device))}
     batches = cfg.eval.precise_bn_batches if opts.precise_bn_batches is None else opts.precise_bn_batches
+    weights = opts.example_weights if opts.example_weights is not None else cfg.eval.get("example_weights")
     extra = evaluate(net, dm, cfg.data.batch_size, batches, int(cfg.seed), precise_splits=(opts.split,),
-                     batch_stat_splits=(opts.split,))
+                     batch_stat_splits=(opts.split,), example_weights=weights or ())
     extra.pop("_net", None)
+    if "_val" in extra:  # every alpha's validation accuracy, as {"0.1": ...}
+        extra["val_acc_by_example_weight"] = {str(a): acc for a, acc in extra.pop("_val").items()}
     out.update(extra)
     if state.kind in ("done", "stale") and state.record.completed:
         res = state.record.results

@@ -10,9 +10,15 @@ Three accuracies of one trained network, which differ only for norms with batch 
   training (train-mode statistics, no running-statistic update).
 The EMA-to-PreciseBN gap is what the running averages cost; the EMA-to-batch-statistics gap is
 bn's train/eval inconsistency at that batch size.
+
+And, for bn and bgn, inference example weighing (Summers & Dinneen 2020; norms/batch.py): each
+alpha of eval.example_weights evaluated on the validation split, the best (the smallest on a
+tie) on the test split: `example_weight`, `val_acc_example_weight`, `test_acc_example_weight`.
+No training: it only changes which statistics evaluation normalizes with.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Iterable
@@ -32,6 +38,42 @@ def statistics_layers(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
         if kind and norms.get(kind).batch_statistics and getattr(module, "running_mean", None) is not None:
             out.append(module)
     return out
+
+
+def weighing_layers(net: nn.Module) -> list[nn.Module]:
+    """The norm layers inference example weighing applies to: bn's and bgn's with running statistics."""
+    return [m for m in statistics_layers(net) if hasattr(m, "eval_example_weight")]
+
+
+@contextlib.contextmanager
+def example_weighted(net: nn.Module, alpha: float):
+    """The network evaluating with example weight `alpha` in every layer that takes one, for the
+    block's duration (then 0 again, as every other evaluation expects)."""
+    layers = weighing_layers(net)
+    for layer in layers:
+        layer.eval_example_weight = float(alpha)
+    try:
+        yield net
+    finally:
+        for layer in layers:
+            layer.eval_example_weight = 0.0
+
+
+def example_weighing(net: nn.Module, dm, weights, device) -> dict:
+    """Each alpha of `weights` on the validation split, the best (ties: the smallest alpha) on the
+    test split, as summary.json keys, and every alpha's validation accuracy under "_val" (not a
+    summary key); {} without layers to weigh or alphas to try."""
+    weights = sorted({float(a) for a in weights or []})
+    if not weights or not weighing_layers(net):
+        return {}
+    val = {}
+    for alpha in weights:
+        with example_weighted(net, alpha):
+            val[alpha] = accuracy(net, dm.batches("val", dm.eval_batch_size, device))
+    best = max(weights, key=lambda a: (val[a], -a))
+    with example_weighted(net, best):
+        test = accuracy(net, dm.batches("test", dm.eval_batch_size, device))
+    return {"example_weight": best, "val_acc_example_weight": val[best], "test_acc_example_weight": test, "_val": val}
 
 
 def _device(net: nn.Module) -> torch.device:
@@ -97,7 +139,7 @@ PRECISE_STREAM = 4  # the stream of a run's seed PreciseBN's augmentation draws 
 
 
 def evaluate(net: nn.Module, dm, batch_size: int, precise_bn_batches: int, seed: int, precise_splits=("val", "test"),
-             batch_stat_splits=("test",)) -> dict:
+             batch_stat_splits=("test",), example_weights=()) -> dict:
     """The accuracies this module is about, as summary.json keys; {} for a network without
     batch statistics (they would equal the EMA numbers by construction). The recalibrated
     network is returned under "_net" (not a summary key) when PreciseBN ran. PreciseBN's
@@ -119,6 +161,7 @@ def evaluate(net: nn.Module, dm, batch_size: int, precise_bn_batches: int, seed:
         for split in precise_splits:
             out[f"{split}_acc_precise_bn"] = accuracy(recalibrated, dm.batches(split, dm.eval_batch_size, device))
         out["_net"] = recalibrated
+    out.update(example_weighing(net, dm, example_weights, device))
     net.train(was_training)
     return out
 
@@ -133,7 +176,9 @@ def record_statistics(results, cfg, net: nn.Module, dm, world_size: int, run_dir
         return
     from .resume import save_atomic
 
-    out = evaluate(net, dm, cfg.data.batch_size, cfg.eval.precise_bn_batches, int(cfg.seed))
+    out = evaluate(net, dm, cfg.data.batch_size, cfg.eval.precise_bn_batches, int(cfg.seed),
+                   example_weights=cfg.eval.get("example_weights") or ())
+    out.pop("_val", None)
     recalibrated = out.pop("_net", None)
     if recalibrated is not None:
         path = Path(run_dir) / "checkpoints" / "precise_bn.pt"

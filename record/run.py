@@ -29,7 +29,8 @@ STATUSES = ("running", "completed", "diverged", "stopped", "interrupted", "faile
 # The three batch sizes a run records (README "Three batch sizes"), and its world size.
 BATCH_KEYS = ("per_device_batch_size", "world_size", "optimization_batch_size", "normalization_batch_size")
 # What the statistics evaluation adds (harness.evaluation), for norms with batch statistics only.
-STATISTICS_KEYS = ("test_acc_batch_stats", "val_acc_precise_bn", "test_acc_precise_bn", "precise_bn_batches")
+STATISTICS_KEYS = ("test_acc_batch_stats", "val_acc_precise_bn", "test_acc_precise_bn", "precise_bn_batches",
+                   "example_weight", "val_acc_example_weight", "test_acc_example_weight")
 
 
 class Malformed(ValueError):
@@ -89,6 +90,10 @@ class Results:
     test_acc_precise_bn: Optional[float] = None
     precise_bn_batches: Optional[int] = None
     precise_bn_state: Optional[Path] = _path()
+    # inference example weighing (bn, bgn): the alpha chosen on validation, and its accuracies
+    example_weight: Optional[float] = None
+    val_acc_example_weight: Optional[float] = None
+    test_acc_example_weight: Optional[float] = None
 
     def fill(self, history: list[dict], test: dict) -> None:
         """A completed run's results from its history rows and its test metrics."""
@@ -208,7 +213,8 @@ _ORDER = ("status", "norm", "model", "data", "batch_size", "seed", "epochs", "ru
           "optimization_batch_size", "normalization_batch_size", "accelerator", "precision", "cuda_graphs", "train_seconds",
           "epochs_completed", "best_val_acc", "best_epoch", "final_val_acc", "test_acc", "test_loss", "images_per_second",
           "history", "norm_diagnostics", "test_acc_batch_stats", "precise_bn_batches", "val_acc_precise_bn",
-          "test_acc_precise_bn", "precise_bn_state", "error", "diverged_at_step", "finished_at", "wall_seconds")
+          "test_acc_precise_bn", "precise_bn_state", "example_weight", "val_acc_example_weight", "test_acc_example_weight",
+          "error", "diverged_at_step", "finished_at", "wall_seconds")
 assert set(_ORDER) == set(_FIELDS), set(_ORDER) ^ set(_FIELDS)
 _FIELDS = {k: _FIELDS[k] for k in _ORDER}
 _PATHS = {f.name for cls in (RunRecord, Results) for f in dataclasses.fields(cls) if f.metadata.get("path")}

@@ -39,6 +39,7 @@ class Run:
     history: list = field(default_factory=list)
     precise_error: float | None = None  # percent, with PreciseBN's statistics (norms with batch statistics)
     batch_stats_error: float | None = None  # percent, each test batch normalized by its own statistics
+    example_weight_error: float | None = None  # percent, with inference example weighing (alpha chosen on val)
     diagnostics: dict | None = None  # the last epoch's norm_diagnostics (harness/diagnostics.py)
     csv_log: Path | None = None
     error: str | None = None
@@ -91,7 +92,8 @@ def read_run(run_dir: Path, include_debug: bool = False) -> Run | None:
                   images_per_second=res.images_per_second, activation_mib=res.activation_mib,
                   diagnostics=res.norm_diagnostics, csv_log=rec.csv_log)
         for attr, value in (("test_error", res.test_acc), ("val_error", res.final_val_acc),
-                            ("precise_error", res.test_acc_precise_bn), ("batch_stats_error", res.test_acc_batch_stats)):
+                            ("precise_error", res.test_acc_precise_bn), ("batch_stats_error", res.test_acc_batch_stats),
+                            ("example_weight_error", res.test_acc_example_weight)):
             if value is not None:
                 setattr(run, attr, 100 * (1 - value))
         return run

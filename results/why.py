@@ -25,8 +25,10 @@ from .analysis import ERROR_BOUNDS, Analysis, column_name
 from .figures import _colors, plt
 from .series import is_numeric
 
-EVALUATIONS = (("test_error", "running statistics (EMA)"), ("precise_error", "PreciseBN"),
-               ("batch_stats_error", "batch statistics"))
+# (run attribute, row label); the example-weighing row only for norms that have it (bn, bgn)
+EVALUATIONS = (("test_error", "{}: running statistics (EMA)"), ("precise_error", "{}: PreciseBN"),
+               ("batch_stats_error", "{}: batch statistics"),
+               ("example_weight_error", "{} with example weighing (α chosen on validation)"))
 
 
 def _with_statistics(a: Analysis) -> list:
@@ -54,7 +56,10 @@ def why_rows(a: Analysis, cols_key: str, ci: str = "t") -> tuple[list[str], list
     body = []
     for s in series:
         for attr, what in EVALUATIONS:
-            body.append([f"{t.labels[s]}: {what}",
+            if attr == "example_weight_error" and not any(getattr(r, attr) is not None for c in t.columns
+                                                          for r in t.cells[s, c].chosen):
+                continue  # a norm whose evaluation cannot weigh examples (brn, sn, evonorm_b0)
+            body.append([what.format(t.labels[s]),
                          *[_cell([getattr(r, attr) for r in t.cells[s, c].chosen], ci) for c in t.columns]])
     return head, body
 

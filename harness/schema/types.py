@@ -21,6 +21,9 @@ NAME = Check(lambda v: v != "" and "/" not in v and len(v.encode()) <= 200,
 RERUN = ("none", "stale")  # rerun=stale: train again what another commit completed
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 SCHEDULES = ("cosine", "step")
+# inference example weighing's alphas (norms/batch.py): a list of numbers from 0 to 1
+EXAMPLE_WEIGHTS = Check(lambda v: all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in v),
+                        "a list of numbers from 0 to 1, e.g. [0,0.1,0.2,0.3,0.5]")
 
 
 def one_of(*values) -> Check:
@@ -63,6 +66,7 @@ class Checkpoint:
 @dataclass
 class Eval:
     precise_bn_batches: int = ranged(NON_NEGATIVE_INT)
+    example_weights: List[float] = ranged(EXAMPLE_WEIGHTS)
 
 
 @dataclass
@@ -120,4 +124,7 @@ class EvalConfig:
     data_root: Optional[str] = None  # where the data set lives, if not where the run found it
     device: str = ranged(one_of("auto", "cpu"), "auto")
     out: str = ranged(NAME, "eval.json")  # written in run_dir
+    # inference example weighing (bn, bgn): each alpha on the validation split, the best on test;
+    # null: the run's own eval.example_weights ([] for a run from before it)
+    example_weights: Optional[List[float]] = ranged(EXAMPLE_WEIGHTS, None)
 
