@@ -115,6 +115,7 @@ def _cross_field(cfg: DictConfig) -> None:
     if trainer.get("sync_batchnorm"):
         raise ValueError("trainer.sync_batchnorm=true would convert NormLab's bn layers to nn.SyncBatchNorm, which "
                          "loses the ViT token layout and ghost batches and refuses CPU tensors; use norm.sync=true")
+    norms.check_batch(cfg.norm, cfg.data.batch_size)  # bgn: its groups of examples split the batch
     if norms.uses_batch_statistics(cfg.norm) and cfg.data.batch_size == 1:
         raise ValueError(f"norm={cfg.norm.kind} with data.batch_size=1: batch statistics of one sample per device are "
                          f"undefined; use a batch size of at least 2, or a norm without batch statistics "
