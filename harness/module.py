@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 
 import norms
 
+from . import agc
+
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
@@ -106,6 +108,7 @@ class Classifier(pl.LightningModule):
                  compile: bool = False, identity: str | None = None):
         super().__init__()
         self.net, self.optim_cfg, self.lr = net, optim, lr
+        self._clip = agc.clipper(net, optim.get("agc_clip"))  # optim.agc_clip: adaptive gradient clipping
         self.identity = identity  # written into checkpoints, so a resume can check whose they are
         self.channels_last = channels_last
         if channels_last:
@@ -267,6 +270,11 @@ class Classifier(pl.LightningModule):
     def fit_elapsed(self) -> float:
         """Seconds in fit in this process (earlier attempts of the run: `fit_seconds`)."""
         return time.perf_counter() - getattr(self, "_fit_t0", time.perf_counter())
+
+    def on_before_optimizer_step(self, optimizer):
+        # After the backward pass (and AMP's unscaling, and accumulation), before the step.
+        if self._clip is not None:
+            self._clip()
 
     def configure_optimizers(self):
         opt = optimizer(self.net, self.optim_cfg, self.lr)

@@ -3,17 +3,18 @@
 Three stages of n basic blocks at widths (w, 2w, 4w), w = 16 in the paper. Shortcuts that
 change shape use a 1x1 convolution followed by a norm (option B). The norms followed by a ReLU
 (the stem's, each block's first) are norm-activation sites (act=True): a norm that includes its
-activation replaces the ReLU there; the ReLU after each residual addition stays.
+activation replaces the ReLU there; the ReLU after each residual addition stays. `skipinit`
+multiplies each residual branch by a learned scalar from 0 (SkipInit), before the addition.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from .common import NormFactory, activation_after, apply_conv, zero_init_last_norm
+from .common import NormFactory, activation_after, apply_conv, skip_gain, zero_init_last_norm
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, norm: NormFactory, zero_init: bool):
+    def __init__(self, cin: int, cout: int, stride: int, norm: NormFactory, zero_init: bool, skipinit: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.norm1 = norm(cout, act=True)
@@ -26,16 +27,17 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
         self.relu = nn.ReLU(inplace=True)
+        self.skip_gain = skip_gain(skipinit)  # SkipInit: the branch times a learned scalar from 0
 
     def forward(self, x):
         out = self.act1(self.norm1(self.conv1(x)))
-        out = self.norm2(self.conv2(out))
+        out = self.skip_gain(self.norm2(self.conv2(out)))
         return self.relu(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, norm: NormFactory, in_channels: int, num_classes: int,
-                 width: int = 16, zero_init_residual: bool = True, conv: str = "plain"):
+                 width: int = 16, zero_init_residual: bool = True, conv: str = "plain", skipinit: bool = False):
         super().__init__()
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}")
@@ -46,7 +48,7 @@ class CifarResNet(nn.Module):
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(cin, cout, stride, norm, zero_init_residual))
+                blocks.append(BasicBlock(cin, cout, stride, norm, zero_init_residual, skipinit))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)

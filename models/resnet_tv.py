@@ -12,7 +12,7 @@ import inspect
 from torch import nn
 from torchvision.models import resnet
 
-from .common import NormFactory, activation_after, apply_conv, zero_init_last_norm
+from .common import NormFactory, activation_after, apply_conv, skip_gain, zero_init_last_norm
 
 
 def _norm_layer(block: type, args, kwargs) -> NormFactory:
@@ -26,11 +26,12 @@ class BasicBlock(resnet.BasicBlock):
         norm_layer = _norm_layer(resnet.BasicBlock, args, kwargs)
         self.bn1 = norm_layer(self.conv1.out_channels, act=True)
         self.act1 = activation_after(self.bn1)
+        self.skip_gain = skip_gain(False)  # torchvision_resnet(skipinit=True) sets SkipInit's
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.skip_gain(self.bn2(self.conv2(out)))
         return self.relu(out + identity)
 
 
@@ -41,12 +42,13 @@ class Bottleneck(resnet.Bottleneck):
         self.bn1 = norm_layer(self.conv1.out_channels, act=True)
         self.bn2 = norm_layer(self.conv2.out_channels, act=True)
         self.act1, self.act2 = activation_after(self.bn1), activation_after(self.bn2)
+        self.skip_gain = skip_gain(False)
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.act2(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.skip_gain(self.bn3(self.conv3(out)))
         return self.relu(out + identity)
 
 
@@ -55,8 +57,10 @@ _DEPTHS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (
 
 
 def torchvision_resnet(depth: int, norm: NormFactory, in_channels: int, num_classes: int,
-                       small_stem: bool = True, zero_init_residual: bool = True, conv: str = "plain") -> nn.Module:
-    """small_stem: a 3x3 stride-1 first conv and no max-pool, for 28-32 px images."""
+                       small_stem: bool = True, zero_init_residual: bool = True, conv: str = "plain",
+                       skipinit: bool = False) -> nn.Module:
+    """small_stem: a 3x3 stride-1 first conv and no max-pool, for 28-32 px images; skipinit: each
+    residual branch times a learned scalar from 0 (SkipInit)."""
     if depth not in _DEPTHS:
         raise ValueError(f"torchvision ResNet depth must be one of {sorted(_DEPTHS)}, got {depth!r}")
     # torchvision's own zero_init_residual writes `bn.weight` directly and fails for
@@ -77,4 +81,8 @@ def torchvision_resnet(depth: int, norm: NormFactory, in_channels: int, num_clas
                 b.bn3 = zero_init_last_norm(b.bn3, b.conv3.out_channels)
             elif isinstance(b, BasicBlock):
                 b.bn2 = zero_init_last_norm(b.bn2, b.conv2.out_channels)
+    if skipinit:
+        for b in model.modules():
+            if isinstance(b, (BasicBlock, Bottleneck)):
+                b.skip_gain = skip_gain(True)
     return apply_conv(model, conv, "torchvision_resnet")

@@ -20,10 +20,14 @@ class ViT(VisionTransformer):
 
 def vit(norm: NormFactory, in_channels: int, num_classes: int, image_size: int,
         patch_size: int = 4, num_layers: int = 6, num_heads: int = 3, hidden_dim: int = 192,
-        mlp_dim: int = 768, dropout: float = 0.0, attention_dropout: float = 0.0, conv: str = "plain") -> nn.Module:
+        mlp_dim: int = 768, dropout: float = 0.0, attention_dropout: float = 0.0, conv: str = "plain",
+        skipinit: bool = False) -> nn.Module:
     if conv != "plain":  # its one convolution, the patch embedding, is not followed by a norm
         raise ValueError(f"model.conv={conv}: the ViT has no convolution followed by a norm (its patch embedding "
-                         f"feeds the tokens); Weight Standardization applies to the ResNets; valid for vit: plain")
+                         f"feeds the tokens); Weight Standardization (ws, sws) applies to the ResNets; valid for vit: plain")
+    if skipinit:  # torchvision's encoder blocks add their branches inside; SkipInit is the ResNets'
+        raise ValueError("model.skipinit=true: SkipInit scales the residual branches of NormLab's ResNets; the ViT "
+                         "(torchvision's encoder blocks) does not take it; valid for vit: false")
     if image_size % patch_size:
         raise ValueError(f"ViT image_size {image_size} is not divisible by patch_size {patch_size}")
     if hidden_dim % num_heads:

@@ -36,6 +36,8 @@ NEUTRAL_WHEN_ABSENT = {
     "optim.schedule": "cosine",
     "optim.milestones": [],
     "optim.step_gamma": 0.1,
+    "optim.agc_clip": None,
+    "model.skipinit": False,
 }
 
 

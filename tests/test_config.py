@@ -22,7 +22,7 @@ def hydra_conf():
 
 
 # norm= options that are a kind with the convolutions it is published with, not kinds of their own
-NORM_WITH_CONV = {"gn_ws": ("gn", "ws")}
+NORM_WITH_CONV = {"gn_ws": ("gn", "ws"), "nf": ("none", "sws")}
 
 
 def test_config_groups_match_the_code():

@@ -148,10 +148,13 @@ def backward(stack: Stack | None, nets: list, x, y, autocast=contextlib.nullcont
     return losses, logits
 
 
-def optimize(stack: Stack | None, optimizers: list, schedulers: list, keep_grads: bool = False) -> None:
-    """Each member's optimizer step and learning-rate schedule step, then no gradient left
-    (`keep_grads`: a CUDA graph's backward writes them anew at every replay, into the same memory)."""
-    for opt, sched in zip(optimizers, schedulers):
+def optimize(stack: Stack | None, optimizers: list, schedulers: list, keep_grads: bool = False, clips=None) -> None:
+    """Each member's gradient clipping (`clips`, harness/agc.py; in place in its rows of the stacked
+    gradient), optimizer step and learning-rate schedule step, then no gradient left (`keep_grads`:
+    a CUDA graph's backward writes them anew at every replay, into the same memory)."""
+    for opt, sched, clip in zip(optimizers, schedulers, clips or [None] * len(optimizers)):
+        if clip is not None:
+            clip()
         opt.step()
         sched.step()
         if not keep_grads:
@@ -231,7 +234,7 @@ def train(members: list, dm, device, precision: str) -> None:
                 if (step + 1) % log_every == 0:
                     _log_steps(pack, losses, step, epoch)
                 optimize(pack.stack, [m.optimizer for m in pack.alive], [m.scheduler for m in pack.alive],
-                         keep_grads=graphs is not None and not measured)
+                         keep_grads=graphs is not None and not measured, clips=[m.clip for m in pack.alive])
                 step, images = step + 1, images + batch_size
                 if every and step % every == 0 and i + 1 < per_epoch:
                     _save_all(pack, epoch, step, i + 1, time.perf_counter() - started)

@@ -20,7 +20,7 @@ from data.device import augment_generator
 from data.order import EpochSampler
 from record import RunDir, RunRecord, RunSpec
 
-from .. import build, resume
+from .. import agc, build, resume
 from ..loggers import ResumableCSVLogger
 from ..module import lr_factor, optimizer
 from ..outcome import RunEnd
@@ -62,6 +62,7 @@ def setup(member: Member, dm, device, steps_per_epoch: int, total_steps: int, st
     checkpoint `state` when it resumes."""
     cfg, rec = member.cfg, member.record
     member.optimizer = optimizer(member.net, cfg.optim, rec.what.lr)
+    member.clip = agc.clipper(member.net, cfg.optim.get("agc_clip"))  # optim.agc_clip, before each step
     factor, capped = lr_factor(cfg.optim, steps_per_epoch, total_steps)
     if capped:
         print(f"{member.name}: {capped}", flush=True)

@@ -47,6 +47,7 @@ class OptimBase:
     schedule: str = ranged(one_of(*SCHEDULES))
     milestones: List[float] = MISSING
     step_gamma: float = ranged(Check(lambda v: 0 < v <= 1, "a number above 0, at most 1"))
+    agc_clip: Optional[float] = ranged(POSITIVE)  # adaptive gradient clipping's lambda (harness/agc.py); null: off
 
 
 @dataclass

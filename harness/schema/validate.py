@@ -120,3 +120,6 @@ def _cross_field(cfg: DictConfig) -> None:
         raise ValueError(f"norm={cfg.norm.kind} with data.batch_size=1: batch statistics of one sample per device are "
                          f"undefined; use a batch size of at least 2, or a norm without batch statistics "
                          f"({', '.join(k for k in norms.kinds() if not norms.get(k).batch_statistics)})")
+    if cfg.optim.get("agc_clip") is not None and cfg.trainer.get("gradient_clip_val"):
+        raise ValueError(f"optim.agc_clip={cfg.optim.agc_clip} and trainer.gradient_clip_val="
+                         f"{cfg.trainer.gradient_clip_val} both clip the gradients; use one (null / 0 turns either off)")
