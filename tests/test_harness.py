@@ -69,7 +69,7 @@ def test_a_norm_registered_in_one_place_reaches_build_models_batch_checks_and_la
     assert norms.normalization_batch({"kind": "ln"}, 16, 2) == 1
     cfg = compose("config", overrides=["data=synthetic", "data.batch_size=1"])
     cfg.norm = OmegaConf.create({"kind": "toy"})
-    with pytest.raises(ValueError, match=r"norm=toy with data.batch_size=1: .* \(ln, in, gn, none, evonorm_s0, frn, ln2d, rms\)"):
+    with pytest.raises(ValueError, match=r"norm=toy with data.batch_size=1: .* \(ln, in, gn, none, dyt, derf, evonorm_s0, frn, ln2d, rms\)"):
         schema.validate(cfg)
 
     # how the report names it, read back from a run directory

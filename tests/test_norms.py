@@ -154,7 +154,7 @@ def test_gn_indivisible_groups_names_the_values():
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda: norms.build("batchnorm", 4), r"unknown norm kind 'batchnorm'; valid kinds: 'bn', 'ln', 'in', 'gn', 'none', 'brn', 'evonorm_s0', 'evonorm_b0', 'frn', 'ln2d', 'rms'"),
+    (lambda: norms.build("batchnorm", 4), r"unknown norm kind 'batchnorm'; valid kinds: 'bn', 'ln', 'in', 'gn', 'none', 'bgn', 'brn', 'dyt', 'derf', 'evonorm_s0', 'evonorm_b0', 'frn', 'ln2d', 'rms', 'sn'"),
     (lambda: norms.build("bn", 4, layout="nhwc"), r"unknown layout 'nhwc'; valid layouts: 'nchw', 'nlc'"),
     (lambda: norms.build("ln", 4, "nlc", scope="channel"), r"unknown ln scope 'channel'; valid scopes: 'token', 'sample'"),
     (lambda: norms.build("ln", 4, "nchw", scope="token"), r"scope 'token' is not available for layout 'nchw'"),

@@ -80,7 +80,7 @@ BAD_VALUES = [
     (["+optim.optimizer.momentm=0.5"], r"^optim.optimizer.momentm: not an argument of torch.optim.SGD; valid: momentum,"),
     (["optim.optimizer.momentum=-1"], r"^optim.optimizer: torch.optim.SGD refuses .*Invalid momentum value: -1"),
     (["optim.optimizer._target_=torch.optim.Nope"], r"^optim.optimizer._target_: 'torch.optim.Nope' is not an importable"),
-    (["norm.kind=xx"], r"^norm.kind: unknown norm kind 'xx'; valid: bn, brn, evonorm_b0, evonorm_s0, frn, gn, in, ln, ln2d, none, rms$"),
+    (["norm.kind=xx"], r"^norm.kind: unknown norm kind 'xx'; valid: bgn, bn, brn, derf, dyt, evonorm_b0, evonorm_s0, frn, gn, in, ln, ln2d, none, rms, sn$"),
     (["run_name=a/b"], r"^run_name must be a non-empty name without '/'"),
     (["run_name=" + "x" * 201], r"^run_name must be .*at most 200 bytes"),
     (["rerun=always"], r"^rerun must be one of none, stale, got 'always'$"),
@@ -90,7 +90,7 @@ BAD_VALUES = [
     (["norm=brn", "norm.r_max=0.5"], r"^norm.r_max must be a number, 1 or more, got 0.5$"),
     (["norm=brn", "norm.d_max=-1"], r"^norm.d_max must be 0 or more, got -1$"),
     (["norm=rms", "+norm.eps=0"], r"^norm.eps must be a positive number, got 0$"),
-    (["model.conv=std"], r"^model.conv must be one of plain, ws, got 'std'$"),
+    (["model.conv=std"], r"^model.conv must be one of plain, ws, sws, got 'std'$"),
     (["model=vit", "model.conv=ws"], r"^model.conv=ws: the ViT has no convolution followed by a norm"),
     (["optim.schedule=step"], r"^optim.schedule=step needs optim.milestones, increasing positive epochs"),
     (["norm=frn", "+norm.eps=0"], r"^norm.eps must be a positive number, got 0$"),
@@ -99,6 +99,19 @@ BAD_VALUES = [
     (["norm=evonorm_b0", "data.batch_size=1"], r"^norm=evonorm_b0 with data.batch_size=1: batch statistics"),
     (["model=vit", "model.hidden_dim=48", "model.num_heads=2", "norm=evonorm_b0"],
      r"^norm 'evonorm_b0' has no definition for layout 'nlc'; it supports 'nchw' \(the EvoNorms are defined for CNN"),
+    # the norms and controls of tests/test_new_norms.py and tests/test_norm_free.py
+    (["norm=bgn", "norm.examples_per_group=3", "data.batch_size=8"],
+     r"^norm.examples_per_group=3 does not divide data.batch_size=8 .*valid examples_per_group for 8: \[1, 2, 4, 8\]"),
+    (["norm=bgn", "norm.num_groups=5"], r"^bgn: num_groups=5 does not divide the 16 channels of layer 'stem.1'"),
+    (["norm=bgn", "norm.examples_per_group=0"], r"^norm.examples_per_group must be a positive integer, got 0$"),
+    (["norm=dyt", "norm.alpha_init=0"], r"^norm.alpha_init must be a positive number, got 0$"),
+    (["norm=sn", "data.batch_size=1"], r"^norm=sn with data.batch_size=1: batch statistics"),
+    (["optim.agc_clip=-0.01"], r"^optim.agc_clip must be a positive number, got -0.01$"),
+    (["optim.agc_clip=0.01", "++trainer.gradient_clip_val=1"], r"^optim.agc_clip=0.01 and trainer.gradient_clip_val=1"),
+    (["eval.example_weights=[0,1.5]"], r"^eval.example_weights must be a list of numbers from 0 to 1"),
+    (["model=vit", "model.conv=sws"], r"^model.conv=sws: the ViT has no convolution followed by a norm"),
+    (["model=vit", "model.skipinit=true"], r"^model.skipinit=true: SkipInit scales the residual branches of NormLab's ResNets"),
+    (["model=vit", "norm=nf"], r"^model.conv=sws: the ViT has no convolution followed by a norm"),
 ]
 
 
