@@ -97,6 +97,7 @@ def test_why_section_pairs_precise_bn_with_the_same_runs_and_draws_noise_and_dri
         noise = 0.8 / math.sqrt(batch)
         diag = {f"layer{i}": {"batch_mean_noise": noise * (1 + i), "input_drift": 0.1} for i in range(3)}
         summary.update(test_acc_precise_bn=1 - (error - 2 - seed / 10) / 100, test_acc_batch_stats=1 - (error + 5) / 100,
+                       example_weight=0.3, val_acc_example_weight=0.5, test_acc_example_weight=1 - (error - 1) / 100,
                        norm_diagnostics=diag)
         for row in summary["history"]:
             row["norm_diagnostics"] = diag
@@ -112,6 +113,11 @@ def test_why_section_pairs_precise_bn_with_the_same_runs_and_draws_noise_and_dri
             f"{np.mean(diffs) + half:+.1f}, n = 3 (paired by run) of its +10.0-point gap to batch 32") in line
     assert "its own statistics changes it by +5.0 points" in line
     assert "| bn: PreciseBN |" in md and "gn: PreciseBN" not in md
+    # inference example weighing: one point below each run's error, the mean over seeds with its interval
+    half = sps.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert (f"| bn with example weighing (α chosen on validation) | 30.00 [{30 - half:.2f}, {30 + half:.2f}] (n=3) | "
+            f"20.00 [{20 - half:.2f}, {20 + half:.2f}] (n=3) |") in md
+    assert "gn with example weighing" not in md
     assert (out / "batch_noise.png").is_file() and (out / "input_drift.png").is_file()
     assert 'id="batch_noise"' in (out / "index.html").read_text()
 
