@@ -135,6 +135,19 @@ class NormStats:
             if grads:
                 self._add(i, "grad_norm", torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
 
+    def state(self) -> dict:
+        """The epoch's sums so far and the last measurement of each layer (what input_drift
+        compares with), for a checkpoint: a run resumed mid-epoch ends the epoch with the
+        means of the run that never stopped."""
+        self._flush()
+        return {"sums": self._sums.cpu(), "counts": self._counts.cpu(),
+                "previous": [None if p is None else torch.stack(p).cpu() for p in self._previous]}
+
+    def load(self, state: dict) -> None:
+        device = self.device
+        self._sums, self._counts = state["sums"].to(device), state["counts"].to(device)
+        self._previous = [None if p is None else (p[0].to(device), p[1].to(device)) for p in state["previous"]]
+
     def epoch_means(self) -> dict:
         """{layer: {metric: mean over the epoch's measurements}}: one read from the device."""
         self._flush()
@@ -160,6 +173,20 @@ class NormDiagnostics(pl.Callback):
     def setup(self, trainer, pl_module, stage):
         if stage == "fit" and self.stats is None:
             self.stats = NormStats(norm_layers(pl_module.net), pl_module.device)
+        if getattr(self, "_loaded", None) is not None and self.stats is not None:
+            self.stats.load(self._loaded)
+            self._loaded = None
+
+    def state_dict(self) -> dict:  # in every checkpoint (Lightning's callback state)
+        return self.stats.state() if self.stats is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not state_dict:
+            return
+        self._loaded = state_dict
+        if self.stats is not None:
+            self.stats.load(state_dict)
+            self._loaded = None
 
     def teardown(self, trainer, pl_module, stage):
         if self.stats is not None:

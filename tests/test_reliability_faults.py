@@ -133,9 +133,10 @@ def test_a_step_limit_stops_a_run_resumably_and_the_resumed_epoch_counts_every_s
     assert b["status"] == "completed" and a["test_acc"] == b["test_acc"]
     for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
         assert [h[key] for h in a["history"]] == [h[key] for h in b["history"]], key
+    assert [h["norm_diagnostics"] for h in a["history"]] == [h["norm_diagnostics"] for h in b["history"]]
     with open(whole / "metrics.csv") as f, open(run_dir / "metrics.csv") as g:
         header_a, header_b = next(csv.reader(f)), next(csv.reader(g))
-    assert header_a == header_b  # every column, across the resume
+    assert header_a == header_b  # every column (input_drift too: its last measurement is in the checkpoint)
 
 
 def test_a_time_limit_stops_a_run_as_stopped_never_completed(tmp_path):
