@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import time
 
 import torch
@@ -28,33 +26,8 @@ from .. import evaluation
 from ..diagnostics import NormStats, flat, norm_layers
 from ..module import Diverged, _add_sums
 from . import member as mb
+from .signals import StepBoundarySignals
 from .stack import Stack
-
-
-class _Signals:
-    """SIGTERM and a first Ctrl-C ask the loop to stop at the next step boundary."""
-
-    def __init__(self):
-        self.stop = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.stop and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.stop = True
-        if signum == signal.SIGINT:
-            print("\ninterrupt: stopping after this step and saving checkpoints (Ctrl-C again to abort)", flush=True)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 class Pack:
@@ -196,7 +169,7 @@ def train(members: list, dm, device, precision: str) -> None:
     max_epochs = cfg.trainer.max_epochs if cfg.trainer.max_epochs and cfg.trainer.max_epochs > 0 else math.inf
     step, epoch, started = step0, data0["epoch"], time.perf_counter()
     graphs = _graphs(pack, cfg, batch_size)
-    with _Signals() as signals:
+    with StepBoundarySignals() as signals:
         while epoch < max_epochs and step < total and pack.alive:
             skip = data0["samples_done"] // batch_size if epoch == data0["epoch"] else 0
             orders = []
