@@ -110,3 +110,15 @@ def test_a_run_trains_on_an_imagefolder_tree_through_the_cli(tree, tmp_path):
     assert summary["status"] == "completed" and summary["data"] == "imagefolder"
     assert summary["config"]["data"]["root"] == str(tree) and summary["epochs_completed"] == 2
     assert 0 <= summary["test_acc"] <= 1
+
+
+def test_a_tree_whose_image_count_and_sample_count_disagree_is_refused(tree, monkeypatch):
+    """The backstop behind the link checks: whatever makes torchvision's walk find other files
+    than NormLab's count (here each class folder is counted one short), the tree is refused, not trained on."""
+    import data.imagefolder as imagefolder
+
+    counted = imagefolder._count_images
+    monkeypatch.setattr(imagefolder, "_count_images", lambda *args: counted(*args) - 1)
+    dm = data.build({"name": "imagefolder", "root": str(tree), "num_workers": 0, **SMALL})
+    with pytest.raises(ValueError, match=r"tree/train holds 27 images but ImageFolder found 30 samples"):
+        dm.setup()
